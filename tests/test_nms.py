@@ -1,0 +1,353 @@
+"""multiclass_nms against independent references: per-image, per-class torchvision NMS,
+slow Python soft-NMS and DIoU-NMS loops, and hand-worked cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchvision
+
+import detlosses.nms  # noqa: F401  (registers MultiClassNMS)
+from detlosses.nms import Detections, MultiClassNMS, multiclass_nms
+from detlosses.registry import NMS
+
+
+def random_batch(seed: int, B: int = 3, A: int = 300, C: int = 5, low: float = 0.0):
+    """Clustered boxes (so NMS has work to do) and distinct scores spread over (0, 1).
+
+    Distinct, because among equal scores the order (and which box suppresses which) is
+    arbitrary; torch.rand repeats float32 values among a few thousand draws.
+    """
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(B, A, 2, generator=g) * 100 + low
+    wh = torch.rand(B, A, 2, generator=g) * 30 + 5
+    boxes = torch.cat([centres - wh / 2, centres + wh / 2], -1)
+    scores = (torch.randperm(B * A * C, generator=g) + 1).view(B, A, C) / (B * A * C + 1)
+    return boxes, scores
+
+
+# ---------------------------------------------------------------- references (slow, per image)
+def reference_candidates(boxes, scores, score_thr, pre_nms_topk, multi_label):
+    """(boxes, scores, labels) of one image's candidates: the definition, written directly."""
+    if multi_label:
+        anchor, label = (scores > score_thr).nonzero(as_tuple=True)
+        score = scores[anchor, label]
+    else:
+        score, label = scores.max(1)
+        anchor = (score > score_thr).nonzero().squeeze(1)
+        score, label = score[anchor], label[anchor]
+    top = score.argsort(descending=True)[:pre_nms_topk]
+    return boxes[anchor[top]], score[top], label[top]
+
+
+def finish(boxes, scores, labels, max_det):
+    order = scores.argsort(descending=True)[:max_det]
+    return boxes[order], scores[order], labels[order]
+
+
+def reference_hard(boxes, scores, score_thr, iou_thr, max_det, pre_nms_topk, multi_label, class_agnostic):
+    out = []
+    for b in range(boxes.shape[0]):
+        bx, sc, lb = reference_candidates(boxes[b], scores[b], score_thr, pre_nms_topk, multi_label)
+        groups = torch.zeros_like(lb) if class_agnostic else lb
+        keep = _per_group_nms(bx, sc, groups, iou_thr)
+        out.append(finish(bx[keep], sc[keep], lb[keep], max_det))
+    return out
+
+
+def _per_group_nms(bx, sc, groups, iou_thr):
+    """torchvision's exact NMS kernel, one call per group."""
+    kept = [torch.zeros(0, dtype=torch.long)]
+    for g in groups.unique():
+        idx = (groups == g).nonzero().squeeze(1)
+        kept.append(idx[torchvision.ops.nms(bx[idx], sc[idx], iou_thr)])
+    return torch.cat(kept)
+
+
+def reference_greedy(
+    boxes,
+    scores,
+    score_thr,
+    iou_thr,
+    max_det,
+    pre_nms_topk,
+    multi_label,
+    class_agnostic,
+    overlap_fn,
+    step,
+):
+    """Slow greedy loop per image and group: select the remaining box m with the highest score,
+    then ``step(score_j, overlap_fn(box_m, box_j))`` is the new score of each remaining box j,
+    or None to drop it."""
+    out = []
+    for b in range(boxes.shape[0]):
+        bx, sc, lb = reference_candidates(boxes[b], scores[b], score_thr, pre_nms_topk, multi_label)
+        groups = torch.zeros_like(lb) if class_agnostic else lb
+        overlap = overlap_fn(bx, bx).tolist()  # (N, N) pairwise, torchvision
+        kept = []  # candidate index, score when selected
+        for g in groups.unique().tolist():
+            remaining = {i: sc[i].item() for i in range(len(lb)) if groups[i] == g}
+            while remaining:
+                m = max(remaining, key=remaining.get)  # ties: the lowest index (dict order)
+                kept.append((m, remaining.pop(m)))
+                new = {j: step(s, overlap[m][j]) for j, s in remaining.items()}
+                remaining = {j: s for j, s in new.items() if s is not None}
+        index = torch.tensor([i for i, _ in kept], dtype=torch.long)
+        final = torch.tensor([s for _, s in kept], dtype=torch.float32)
+        keep = final > score_thr
+        out.append(finish(bx[index[keep]], final[keep], lb[index[keep]], max_det))
+    return out
+
+
+def soft_step(sigma):
+    return lambda s, iou: s * math.exp(-(iou**2) / sigma)
+
+
+def diou_step(iou_thr):
+    return lambda s, diou: None if diou > iou_thr else s
+
+
+def reference(boxes, scores, method, *args, sigma=0.5):
+    """The slow reference of ``method`` with multiclass_nms's positional arguments."""
+    if method == "hard":
+        return reference_hard(boxes, scores, *args)
+    if method == "soft":
+        return reference_greedy(boxes, scores, *args, overlap_fn=torchvision.ops.box_iou, step=soft_step(sigma))
+    return reference_greedy(boxes, scores, *args, overlap_fn=torchvision.ops.distance_box_iou, step=diou_step(args[1]))
+
+
+def assert_same(ours: list[Detections], reference, rtol: float = 0.0) -> None:
+    assert len(ours) == len(reference)
+    for det, (boxes, scores, labels) in zip(ours, reference, strict=True):
+        assert det.labels.dtype == torch.long and det.boxes.dtype == det.scores.dtype == torch.float32
+        assert torch.equal(det.labels, labels)
+        assert torch.equal(det.boxes, boxes.float())
+        torch.testing.assert_close(det.scores, scores.float(), rtol=rtol, atol=0.0)
+
+
+# ---------------------------------------------------------------- hard NMS vs torchvision
+HARD_CASES = [
+    # score_thr, iou_thr, max_det, pre_nms_topk, multi_label, class_agnostic
+    (0.05, 0.6, 100, 1000, True, False),  # pre_nms_topk binds: ~1400 candidates per image
+    (0.05, 0.6, 1000, 1000, True, False),
+    (0.3, 0.5, 50, 200, True, False),
+    (0.05, 0.6, 100, 1000, False, False),
+    (0.5, 0.3, 20, 50, False, False),
+    (0.05, 0.6, 100, 1000, True, True),
+    (0.2, 0.45, 30, 100, False, True),
+    (0.9, 0.7, 300, 10_000, True, False),
+]
+
+
+@pytest.mark.parametrize("case", HARD_CASES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hard_equals_per_image_torchvision(case, seed):
+    score_thr, iou_thr, max_det, pre_nms_topk, multi_label, class_agnostic = case
+    boxes, scores = random_batch(seed)
+    kwargs = dict(
+        score_thr=score_thr,
+        iou_thr=iou_thr,
+        max_det=max_det,
+        pre_nms_topk=pre_nms_topk,
+        multi_label=multi_label,
+        class_agnostic=class_agnostic,
+    )
+    ours = multiclass_nms(boxes, scores, **kwargs)
+    ref = reference_hard(boxes, scores, **kwargs)
+    assert_same(ours, ref)
+    assert all(len(d.scores) <= max_det for d in ours)
+    assert any(len(d.scores) for d in ours)
+
+
+def test_hard_negative_coordinates_keep_groups_apart():
+    # torchvision's coordinate trick shifts group k by k * (max + 1), which lets groups overlap
+    # when coordinates go below -1 (here they span about [-67, 67], so adjacent groups would
+    # overlap by ~66 px); ours shifts by the coordinate range + 1.
+    boxes, scores = random_batch(3, low=-50.0)
+    ours = multiclass_nms(boxes, scores, score_thr=0.1, iou_thr=0.5, max_det=500)
+    ref = reference_hard(boxes, scores, 0.1, 0.5, 500, 1000, True, False)
+    assert_same(ours, ref)
+
+
+def test_hard_iou_exactly_at_threshold_is_kept_in_any_group():
+    # [0, 0, 10, 10.2] and [0, 0, 10, 5.1]: IoU = 51 / 102 = 0.5 (float32(10.2) is exactly
+    # 2 * float32(5.1)), not > 0.5, so both are kept. They sit in the last (image, class)
+    # group of an 8 x 80 batch whose coordinates span ~1000 px: the group shift is ~6.4e5,
+    # where float32 steps are 0.0625 px, which would round 5.1 and 10.2 differently.
+    boxes = torch.zeros(8, 3, 4)
+    boxes[:, 2] = torch.tensor([0.0, 0.0, 1000.3, 1000.7])
+    boxes[7, :2] = torch.tensor([[0.0, 0, 10, 10.2], [0, 0, 10, 5.1]])
+    scores = torch.zeros(8, 3, 80)
+    scores[:, 2, 0] = 0.5
+    scores[7, :2, 79] = torch.tensor([0.9, 0.8])
+    det = multiclass_nms(boxes, scores, iou_thr=0.5)[7]
+    assert torch.equal(det.boxes, boxes[7]) and torch.equal(det.labels, torch.tensor([79, 79, 0]))
+
+
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_threshold_is_strict_at_zero_and_exact_values(multi_label):
+    boxes, scores = random_batch(9)
+    at_zero = scores - 0.5  # half negative (not probabilities, but the filter must still hold)
+    at_zero[0, :20, 0], at_zero[1, :20, 1] = 0.0, -0.0
+    at_thr = scores.clone()
+    at_thr[0, :20] = 0.25  # a score exactly at the threshold is not a candidate
+    for s, thr in ((at_zero, 0.0), (at_thr, 0.25)):
+        args = (thr, 0.5, 1000, 1000, multi_label, False)
+        assert_same(multiclass_nms(boxes, s, *args), reference_hard(boxes, s, *args))
+
+
+def test_single_label_takes_each_anchors_best_class():
+    boxes, scores = random_batch(4)
+    for det in multiclass_nms(boxes, scores, multi_label=False, iou_thr=1.0, max_det=10_000):
+        # iou_thr = 1 suppresses nothing, so every anchor appears exactly once with its best class
+        assert len(det.scores) == scores.shape[1]
+    det = multiclass_nms(boxes, scores, multi_label=False, iou_thr=1.0, max_det=10_000)[0]
+    best, label = scores[0].max(1)
+    order = best.argsort(descending=True)
+    assert torch.equal(det.scores, best[order]) and torch.equal(det.labels, label[order])
+    assert torch.equal(det.boxes, boxes[0][order])
+
+
+# ---------------------------------------------------------------- hand-worked cases
+# b0 and b1 overlap: intersection 9 * 10 = 90, union 100 + 100 - 90 = 110, IoU = 9/11 = 0.81818.
+# DIoU(b0, b1): centres (5, 5) and (6, 5) -> rho^2 = 1; enclosing box [0, 0, 11, 10] ->
+# c^2 = 11^2 + 10^2 = 221; DIoU = 9/11 - 1/221 = 0.81366. b2 overlaps neither.
+HAND_BOXES = torch.tensor([[[0.0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30]]])
+HAND_SCORES = torch.tensor([[[0.9, 0.0], [0.8, 0.0], [0.7, 0.0]]])  # all class 0
+
+
+def test_hand_hard():
+    det = multiclass_nms(HAND_BOXES, HAND_SCORES, iou_thr=0.5)[0]
+    assert torch.equal(det.boxes, HAND_BOXES[0, [0, 2]])
+    assert torch.equal(det.scores, torch.tensor([0.9, 0.7]))
+    assert torch.equal(det.labels, torch.tensor([0, 0]))
+    # IoU 0.81818 is not > 0.82: nothing suppressed
+    assert len(multiclass_nms(HAND_BOXES, HAND_SCORES, iou_thr=0.82)[0].scores) == 3
+
+
+def test_hand_soft():
+    # select b0 (0.9): b1 -> 0.8 * exp(-(9/11)^2 / 0.5) = 0.8 * exp(-1.338843) = 0.209720,
+    # b2 unchanged (IoU 0); select b2 (0.7): b1 unchanged (IoU 0); select b1 (0.209720).
+    det = multiclass_nms(HAND_BOXES, HAND_SCORES, method="soft", sigma=0.5)[0]
+    decayed = 0.8 * math.exp(-((9 / 11) ** 2) / 0.5)
+    assert torch.equal(det.boxes, HAND_BOXES[0, [0, 2, 1]])
+    torch.testing.assert_close(det.scores, torch.tensor([0.9, 0.7, decayed]), rtol=1e-6, atol=0)
+    # a final score_thr above 0.209720 drops the decayed box
+    det = multiclass_nms(HAND_BOXES, HAND_SCORES, method="soft", sigma=0.5, score_thr=0.25)[0]
+    assert torch.equal(det.boxes, HAND_BOXES[0, [0, 2]])
+
+
+def test_hand_diou():
+    # iou_thr 0.815: plain IoU 0.81818 > 0.815 suppresses b1, DIoU 0.81366 <= 0.815 keeps it
+    det = multiclass_nms(HAND_BOXES, HAND_SCORES, iou_thr=0.815, method="diou")[0]
+    assert torch.equal(det.boxes, HAND_BOXES[0, [0, 1, 2]])
+    assert torch.equal(det.scores, torch.tensor([0.9, 0.8, 0.7]))
+    assert len(multiclass_nms(HAND_BOXES, HAND_SCORES, iou_thr=0.815)[0].scores) == 2
+    det = multiclass_nms(HAND_BOXES, HAND_SCORES, iou_thr=0.81, method="diou")[0]
+    assert torch.equal(det.boxes, HAND_BOXES[0, [0, 2]])
+
+
+def test_hand_classes_are_separate_unless_agnostic():
+    scores = torch.tensor([[[0.9, 0.0], [0.0, 0.8], [0.7, 0.0]]])  # b1 is class 1
+    assert len(multiclass_nms(HAND_BOXES, scores, iou_thr=0.5)[0].scores) == 3
+    det = multiclass_nms(HAND_BOXES, scores, iou_thr=0.5, class_agnostic=True)[0]
+    assert torch.equal(det.labels, torch.tensor([0, 0]))
+
+
+# ---------------------------------------------------------------- soft / DIoU vs slow loops
+GREEDY_CASES = [
+    # score_thr, iou_thr, max_det, pre_nms_topk, multi_label, class_agnostic
+    (0.05, 0.5, 100, 60, True, False),
+    (0.3, 0.4, 30, 40, False, False),
+    (0.2, 0.6, 50, 50, True, True),
+]
+
+
+@pytest.mark.parametrize("case", GREEDY_CASES)
+@pytest.mark.parametrize("sigma", [0.5, 0.1])
+def test_soft_equals_reference_loop(case, sigma):
+    score_thr, iou_thr, max_det, pre_nms_topk, multi_label, class_agnostic = case
+    boxes, scores = random_batch(5, B=2, A=80, C=3)
+    args = (score_thr, iou_thr, max_det, pre_nms_topk, multi_label, class_agnostic)
+    ours = multiclass_nms(boxes, scores, *args, method="soft", sigma=sigma)
+    ref = reference(boxes, scores, "soft", *args, sigma=sigma)
+    assert_same(ours, ref, rtol=1e-6)
+    assert any(len(d.scores) for d in ours)
+
+
+@pytest.mark.parametrize("case", GREEDY_CASES)
+def test_diou_equals_reference_loop(case):
+    score_thr, iou_thr, max_det, pre_nms_topk, multi_label, class_agnostic = case
+    boxes, scores = random_batch(6, B=2, A=80, C=3)
+    args = (score_thr, iou_thr, max_det, pre_nms_topk, multi_label, class_agnostic)
+    ours = multiclass_nms(boxes, scores, *args, method="diou")
+    ref = reference(boxes, scores, "diou", *args)
+    assert_same(ours, ref)
+    assert any(len(d.scores) for d in ours)
+
+
+# ---------------------------------------------------------------- empty, fp16, bad input
+@pytest.mark.parametrize("method", ["hard", "soft", "diou"])
+@pytest.mark.parametrize("shape, fill", [((2, 0, 3), 0.9), ((2, 5, 0), 0.9), ((2, 5, 3), 0.01), ((0, 5, 3), 0.9)])
+def test_empty(method, shape, fill):
+    B, A, _ = shape
+    dets = multiclass_nms(torch.rand(B, A, 4), torch.full(shape, fill), method=method)
+    assert len(dets) == B
+    for det in dets:
+        assert det.boxes.shape == (0, 4) and det.scores.shape == (0,) and det.labels.shape == (0,)
+        assert det.boxes.dtype == det.scores.dtype == torch.float32 and det.labels.dtype == torch.long
+        assert det.boxes.device == det.scores.device == det.labels.device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("method", ["hard", "soft", "diou"])
+def test_fp16_is_computed_in_float32(method):
+    # coordinates ~1e4: box areas (~1e4 * ~1e3) overflow fp16 (max 65504)
+    boxes, _ = random_batch(7, B=2, A=60, C=3)
+    # distinct scores (ties would make the order among equal scores arbitrary): k / 2048 for
+    # k in [1000, 1360) is exact in fp16 (spacing 1/4096 below 0.5, 1/2048 above)
+    g = torch.Generator().manual_seed(7)
+    scores16 = ((torch.randperm(2 * 60 * 3, generator=g) + 1000) / 2048).view(2, 60, 3).half()
+    boxes16 = (boxes * 100 + 5000).half()
+    areas16 = (boxes16[..., 2] - boxes16[..., 0]) * (boxes16[..., 3] - boxes16[..., 1])
+    assert torch.isinf(areas16).any()
+    args = (0.55, 0.5, 100, 1000, True, False)
+    ours = multiclass_nms(boxes16, scores16, *args, method=method)
+    assert_same(ours, reference(boxes16.float(), scores16.float(), method, *args), rtol=1e-6)
+    assert any(len(d.scores) for d in ours)
+
+
+@pytest.mark.parametrize(
+    "boxes, scores, kwargs, name",
+    [
+        (torch.rand(2, 5, 5), torch.rand(2, 5, 3), {}, "boxes"),
+        (torch.rand(5, 4), torch.rand(2, 5, 3), {}, "boxes"),
+        (torch.randint(0, 9, (2, 5, 4)), torch.rand(2, 5, 3), {}, "boxes"),
+        (torch.rand(2, 5, 4), torch.rand(2, 6, 3), {}, "scores"),
+        (torch.rand(2, 5, 4), torch.rand(2, 5), {}, "scores"),
+        (torch.rand(2, 5, 4), torch.rand(2, 5, 3), {"method": "matrix"}, "method"),
+        (torch.rand(2, 5, 4), torch.rand(2, 5, 3), {"iou_thr": 1.5}, "iou_thr"),
+        (torch.rand(2, 5, 4), torch.rand(2, 5, 3), {"iou_thr": -0.1}, "iou_thr"),
+        (torch.rand(2, 5, 4), torch.rand(2, 5, 3), {"score_thr": 2.0}, "score_thr"),
+        (torch.rand(2, 5, 4), torch.rand(2, 5, 3), {"max_det": 0}, "max_det"),
+        (torch.rand(2, 5, 4), torch.rand(2, 5, 3), {"pre_nms_topk": 1.5}, "pre_nms_topk"),
+        (torch.rand(2, 5, 4), torch.rand(2, 5, 3), {"method": "soft", "sigma": 0.0}, "sigma"),
+    ],
+)
+def test_bad_input_raises(boxes, scores, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        multiclass_nms(boxes, scores, **kwargs)
+
+
+# ---------------------------------------------------------------- registry
+def test_registry_build():
+    assert "MultiClassNMS" in NMS.names()
+    nms = NMS.build({"type": "MultiClassNMS", "iou_thr": 0.5, "multi_label": False, "max_det": 7})
+    assert isinstance(nms, MultiClassNMS) and "iou_thr=0.5" in repr(nms)
+    boxes, scores = random_batch(8)
+    assert_same(nms(boxes, scores), reference_hard(boxes, scores, 0.05, 0.5, 7, 1000, False, False))
+    with pytest.raises(ValueError, match="method"):
+        NMS.build({"type": "MultiClassNMS", "method": "fast"})
+    with pytest.raises(TypeError, match="iou_threshold"):
+        NMS.build({"type": "MultiClassNMS", "iou_threshold": 0.5})
