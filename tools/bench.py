@@ -39,9 +39,9 @@ def format_table(rows: list[dict]) -> str:
 
     body = [[cell(row.get(col)) for col in columns] for row in rows]
     widths = [max(len(col), *(len(line[i]) for line in body)) for i, col in enumerate(columns)]
-    lines = ["| " + " | ".join(col.ljust(w) for col, w in zip(columns, widths)) + " |"]
+    lines = ["| " + " | ".join(col.ljust(w) for col, w in zip(columns, widths, strict=True)) + " |"]
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in body]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |" for line in body]
     return "\n".join(lines)
 
 
