@@ -1,0 +1,289 @@
+"""The reference one-stage detector as a LightningModule.
+
+``OneStageDetector`` wires :class:`~lightning_modules.models.DenseDetectorModel` (backbone,
+FPN/PAN neck, dense anchor-free head) to a :class:`detlosses.DetectionCriterion` built from a
+recipe name or a component config, and evaluates with :func:`detlosses.nms.multiclass_nms`
+and :func:`detlosses.evaluation.coco_evaluate`. Nothing here re-implements a loss, an
+assigner or NMS.
+
+Batches are ``(images (B, 3, S, S), targets)`` as produced by
+:class:`~lightning_modules.data.COCODataModule`; each target carries ``image_id``,
+``orig_size (h, w)``, ``scale`` and ``pad (x, y)`` so that detections map back to the original
+image as ``(xy - pad) / scale``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+
+import detlosses.assigners  # noqa: F401  (registers the assigners the recipes name)
+from detlosses.criterion import DetectionCriterion
+from detlosses.evaluation import STAT_NAMES
+from detlosses.nms import Detections, multiclass_nms
+
+from .models import DenseDetectorModel, DenseOutput
+
+__all__ = ["OneStageDetector", "build_criterion", "coco_results", "warmup_cosine_factor"]
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def build_criterion(
+    criterion: str | Mapping[str, Any], num_classes: int, reg_max: int
+) -> DetectionCriterion:
+    """A ``DetectionCriterion`` from a recipe name or a config dict.
+
+    A dict with a ``"recipe"`` key overrides that recipe's components
+    (``{"recipe": "tood", "assigner": {...}}``); any other dict is the full set of
+    ``DetectionCriterion`` keyword arguments. ``num_classes`` and ``reg_max`` come from the
+    detector so that the loss always matches the head.
+    """
+    if isinstance(criterion, str):
+        return DetectionCriterion.from_recipe(criterion, num_classes=num_classes, reg_max=reg_max)
+    if not isinstance(criterion, Mapping):
+        raise ValueError(f"criterion must be a recipe name or a dict, got {type(criterion).__name__}")
+    cfg = dict(criterion)
+    clashes = {"num_classes", "reg_max"} & set(cfg)
+    if clashes:
+        raise ValueError(f"criterion config must not set {sorted(clashes)}; they come from the detector")
+    recipe = cfg.pop("recipe", None)
+    if recipe is not None:
+        return DetectionCriterion.from_recipe(recipe, num_classes=num_classes, reg_max=reg_max, **cfg)
+    return DetectionCriterion(num_classes=num_classes, reg_max=reg_max, **cfg)
+
+
+def warmup_cosine_factor(
+    step: int, total_steps: int, warmup_steps: int, warmup_start: float, min_ratio: float
+) -> float:
+    """Learning-rate multiplier: linear warm-up then cosine decay.
+
+    ``warmup_start + (1 - warmup_start) * step / warmup_steps`` for ``step < warmup_steps``,
+    then ``min_ratio + (1 - min_ratio) * (1 + cos(pi * t)) / 2`` with
+    ``t = (step - warmup_steps) / (total_steps - warmup_steps)`` clamped to [0, 1]
+    (SGDR, Loshchilov & Hutter, 2017, without restarts).
+    """
+    if step < warmup_steps:
+        return warmup_start + (1.0 - warmup_start) * step / warmup_steps
+    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def coco_results(det: Detections, image_id: int, category_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """COCO result dicts ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` of one image.
+
+    ``det`` holds xyxy boxes in original image pixels and contiguous labels;
+    ``category_ids[label]`` is the COCO category id (the label itself when None).
+    """
+    boxes = det.boxes.float()
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()  # (K, 4)
+    labels = det.labels.tolist()
+    cats = labels if category_ids is None else [int(category_ids[label]) for label in labels]
+    return [
+        {"image_id": int(image_id), "category_id": cat, "bbox": box, "score": float(score)}
+        for box, cat, score in zip(xywh, cats, det.scores.tolist(), strict=True)
+    ]
+
+
+class OneStageDetector(pl.LightningModule):
+    """Dense anchor-free detector trained with a ``DetectionCriterion``.
+
+    Args:
+        num_classes: number of foreground classes C (linked from the data module by the CLI).
+        size: model width/depth preset, ``"n"``, ``"s"`` or ``"m"``.
+        head: head type of ``DenseDetectorModel`` (``"tood"`` task-aligned or ``"decoupled"``).
+        reg_max: DFL distances span ``[0, reg_max]`` strides (``reg_max + 1`` bins a side).
+        criterion: recipe name (``"tood"``, ``"gfl"``, ``"ppyoloe"``, ``"yolov8"``) or a
+            ``DetectionCriterion`` config dict (see :func:`build_criterion`).
+        lr: peak learning rate.
+        weight_decay: decoupled (AdamW) or L2 (SGD) weight decay; biases and norm
+            parameters get none.
+        optimizer: ``"adamw"`` or ``"sgd"`` (Nesterov, ``momentum``).
+        momentum: SGD momentum.
+        warmup_epochs: linear warm-up length in epochs (fractions allowed); then cosine decay
+            to ``lr * min_lr_ratio`` at the last step. Stepped every optimiser step.
+        warmup_start: learning-rate factor at step 0 of the warm-up.
+        min_lr_ratio: final learning-rate factor of the cosine decay.
+        score_thr, iou_thr, max_det, pre_nms_topk: :func:`detlosses.nms.multiclass_nms`
+            settings for validation and prediction.
+        class_names: class names in contiguous order (filled from the data module if None).
+        category_ids: COCO category id of each contiguous class (same).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        size: str = "n",
+        head: str = "tood",
+        reg_max: int = 16,
+        criterion: str | dict[str, Any] = "tood",
+        lr: float = 2e-3,
+        weight_decay: float = 0.05,
+        optimizer: str = "adamw",
+        momentum: float = 0.9,
+        warmup_epochs: float = 1.0,
+        warmup_start: float = 0.01,
+        min_lr_ratio: float = 0.05,
+        score_thr: float = 0.01,
+        iou_thr: float = 0.6,
+        max_det: int = 100,
+        pre_nms_topk: int = 1000,
+        class_names: list[str] | None = None,
+        category_ids: list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+        for name, names in (("class_names", class_names), ("category_ids", category_ids)):
+            if names is not None and len(names) != num_classes:
+                raise ValueError(f"{name} must have num_classes = {num_classes} entries, got {len(names)}")
+        self.save_hyperparameters()
+        self.model = DenseDetectorModel(num_classes, size=size, reg_max=reg_max, head=head)
+        self.criterion = build_criterion(criterion, num_classes, reg_max)
+        self._val_preds: dict[int, list[dict[str, Any]]] = {}
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, stage: str) -> None:
+        """Take class names and COCO category ids from the data module when not given."""
+        datamodule = self.trainer.datamodule
+        for name in ("class_names", "category_ids"):
+            if self.hparams.get(name) is None and getattr(datamodule, name, None) is not None:
+                self.hparams[name] = list(getattr(datamodule, name))
+
+    def forward(self, images: torch.Tensor) -> DenseOutput:
+        """``DenseOutput`` of the model for ``images (B, 3, S, S)`` in [0, 1]."""
+        return self.model(images)
+
+    # ------------------------------------------------------------------ training
+    def _losses(self, out: DenseOutput, targets: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        return self.criterion(
+            out.cls_logits, out.box_preds, out.box_dist_logits, out.anchor_points, out.strides, targets
+        )
+
+    def training_step(self, batch: tuple[torch.Tensor, list[dict[str, Any]]], batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        losses = self._losses(self.model(images), targets)
+        loss = losses["loss"]
+        # Every rank must agree, or the healthy ranks would wait for the failed one forever.
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
+        if not finite:
+            parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+            raise FloatingPointError(
+                f"loss is not finite at step {self.global_step} (epoch {self.current_epoch}, "
+                f"batch {batch_idx}) on some rank: {parts}. Training stopped; lower the learning "
+                f"rate, raise the warm-up or check the data."
+            )
+        self.log_dict(
+            {f"train/{k}": v.float() for k, v in losses.items()},
+            batch_size=len(images), prog_bar=False,
+        )
+        self.log("loss", loss.detach(), batch_size=len(images), prog_bar=True, logger=False)
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        decay, no_decay = [], []
+        for param in self.parameters():
+            if param.requires_grad:
+                (decay if param.ndim > 1 else no_decay).append(param)
+        groups = [
+            {"params": decay, "weight_decay": hp.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        if hp.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+        else:
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=True)
+
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("the LR schedule needs a finite length: set trainer.max_epochs or trainer.max_steps")
+        if not math.isfinite(self.trainer.num_training_batches):  # max_steps given: not loaded yet
+            self.trainer.fit_loop.setup_data()
+        batches = self.trainer.num_training_batches
+        steps_per_epoch = max(1, math.ceil(batches / self.trainer.accumulate_grad_batches))
+        warmup = min(int(total), round(hp.warmup_epochs * steps_per_epoch))
+
+        def factor(step: int) -> float:
+            return warmup_cosine_factor(step, int(total), warmup, hp.warmup_start, hp.min_lr_ratio)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ inference
+    def _detect(self, out: DenseOutput) -> list[Detections]:
+        hp = self.hparams
+        return multiclass_nms(
+            out.box_preds.float(), out.cls_logits.float().sigmoid(),
+            score_thr=hp.score_thr, iou_thr=hp.iou_thr, max_det=hp.max_det, pre_nms_topk=hp.pre_nms_topk,
+        )
+
+    @staticmethod
+    def _to_original(det: Detections, target: Mapping[str, Any]) -> Detections:
+        """Map ``det`` from network-input pixels to the original image: ``(xy - pad) / scale``."""
+        h, w = (float(v) for v in target["orig_size"])
+        pad = det.boxes.new_tensor(tuple(target["pad"])).repeat(2)  # (4,) x, y, x, y
+        boxes = (det.boxes - pad) / float(target["scale"])
+        limit = det.boxes.new_tensor((w, h)).repeat(2)
+        boxes = torch.minimum(boxes.clamp(min=0), limit)  # (K, 4)
+        return Detections(boxes=boxes, scores=det.scores, labels=det.labels)
+
+    def validation_step(self, batch: tuple[torch.Tensor, list[dict[str, Any]]], batch_idx: int) -> None:
+        images, targets = batch
+        out = self.model(images)
+        losses = self._losses(out, targets)
+        self.log_dict(
+            {f"val/{k}": v.float() for k, v in losses.items()}, batch_size=len(images), sync_dist=True
+        )
+        for det, target in zip(self._detect(out), targets, strict=True):
+            image_id = int(target["image_id"])
+            self._val_preds[image_id] = coco_results(
+                self._to_original(det, target), image_id, self.hparams.get("category_ids")
+            )
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_preds = {}
+
+    def on_validation_epoch_end(self) -> None:
+        """COCO mAP over the whole validation set, once, on rank 0; logged on every rank."""
+        preds, self._val_preds = self._val_preds, {}
+        if self.trainer.sanity_checking:
+            return
+        # DistributedSampler pads with repeats: key by image_id and keep one copy of each image.
+        per_rank = [preds]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            per_rank = [None] * dist.get_world_size()
+            dist.all_gather_object(per_rank, preds)
+        merged: dict[int, list[dict[str, Any]]] = {}
+        for rank_preds in per_rank:
+            for image_id, dets in rank_preds.items():
+                merged.setdefault(image_id, dets)
+
+        stats = None
+        if self.trainer.is_global_zero:
+            stats = self._coco_stats([d for image_id in sorted(merged) for d in merged[image_id]])
+        stats = self.trainer.strategy.broadcast(stats, src=0)
+        self.log_dict({f"val/{k}": float(v) for k, v in stats.items()}, sync_dist=False)
+        self.log("val/num_images", float(len(merged)), sync_dist=False)
+
+    def _coco_stats(self, predictions: list[dict[str, Any]]) -> dict[str, float]:
+        from detlosses.evaluation import coco_evaluate
+
+        ann = getattr(getattr(self.trainer, "datamodule", None), "val_ann", None)
+        if ann is None:
+            raise ValueError("validation needs the COCO ground truth: a data module with a val_ann attribute")
+        report = coco_evaluate(ann, predictions, classwise=False)
+        return {k: float(report.stats[k]) for k in STAT_NAMES}
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[Detections]:
+        """Detections per image in original image pixels (boxes xyxy, scores, contiguous labels)."""
+        images, targets = batch
+        dets = self._detect(self.model(images))
+        return [self._to_original(det, target) for det, target in zip(dets, targets, strict=True)]
