@@ -1,7 +1,7 @@
 """Batched multi-class non-maximum suppression for dense detectors.
 
 :func:`multiclass_nms` turns the per-anchor boxes and class probabilities of a whole batch
-into per-image detections with one NMS pass over the batch (no loop over images):
+into per-image detections, vectorised over the batch (no Python loop over images):
 
 1. candidates: every (anchor, class) pair with score > ``score_thr`` (``multi_label``) or
    each anchor's best class when that score is > ``score_thr`` (single-label);
@@ -16,6 +16,8 @@ There is no time limit: every image of the batch is processed.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -30,6 +32,9 @@ from .registry import NMS
 __all__ = ["NMS_METHODS", "Detections", "MultiClassNMS", "multiclass_nms"]
 
 NMS_METHODS = ("hard", "soft", "diou")
+# Candidates per torchvision.ops.nms call (hard NMS): its cost grows with kept boxes times the
+# boxes of the call, so the batch is split into calls of whole images near this size.
+_NMS_CALL_SIZE = 512
 
 
 class Detections(NamedTuple):
@@ -76,25 +81,39 @@ def _candidates(
     indexes the flattened (B * A) anchors.
 
     The (B, A, C) scores are read once, by a per-anchor max; only the rows of anchors whose
-    max passes the threshold are gathered and searched. The max runs on the float32 bit
-    patterns as int32, which order like the floats for scores >= 0 and is faster than a
-    float reduction; negative scores map to negative ints and stay below any threshold >= 0.
+    max passes the threshold are gathered and searched. Everything runs on the float32 bit
+    patterns as int32, which order like the floats for scores >= 0 and reduce several times
+    faster; a negative score maps to a negative int and stays below any threshold >= 0, and
+    a NaN maps above +inf, which is how it is caught (from the (B, A) maxima, not a full pass).
+    Single-label ties go to the lowest class index.
     """
     num_anchors, num_classes = scores.shape[1:]
     if scores.numel() == 0:  # A = 0 or C = 0 (a max over an empty dim raises)
         empty = torch.zeros(0, dtype=torch.long, device=scores.device)
         return empty, empty, empty, scores.new_zeros(0)
-    thr_bits = torch.tensor(score_thr, dtype=torch.float32).view(torch.int32).item()
-    passed = scores.view(torch.int32).amax(-1) > thr_bits  # (B, A) == scores.amax(-1) > score_thr
-    anchor = passed.view(-1).nonzero().squeeze(1)  # (Na,)
-    rows = scores.reshape(-1, num_classes).index_select(0, anchor)  # (Na, C)
+    bits = scores.view(torch.int32)
+    best = bits.amax(-1).reshape(-1)  # (B * A,) bits of each anchor's best score
+    if best.max() > _POS_INF_BITS:
+        raise ValueError("scores must not contain NaN (found in the (B, A, C) class probabilities)")
+    thr_bits = _float_bits(score_thr)
+    anchor = (best > thr_bits).nonzero().squeeze(1)  # (Na,)
+    rows = bits.reshape(-1, num_classes).index_select(0, anchor)  # (Na, C)
     if multi_label:
-        flat = (rows > score_thr).view(-1).nonzero().squeeze(1)  # (N,) into rows.view(-1)
+        flat = (rows > thr_bits).view(-1).nonzero().squeeze(1)  # (N,) into rows.view(-1)
         label, score = flat % num_classes, rows.view(-1)[flat]
         anchor = anchor.index_select(0, flat // num_classes)
     else:
-        score, label = rows.max(-1)
-    return anchor // num_anchors, anchor, label, score
+        score = best.index_select(0, anchor)  # (Na,)
+        label = rows.argmax(1)  # the first class holding the max
+    return anchor // num_anchors, anchor, label, score.view(torch.float32)
+
+
+def _float_bits(value: float) -> int:
+    """The int32 bit pattern of ``value`` rounded to float32."""
+    return int(torch.tensor(value, dtype=torch.float32).view(torch.int32))
+
+
+_POS_INF_BITS = _float_bits(math.inf)
 
 
 def _top_per_image(img: torch.Tensor, order: torch.Tensor, k: int, num_images: int) -> torch.Tensor:
@@ -106,21 +125,36 @@ def _top_per_image(img: torch.Tensor, order: torch.Tensor, k: int, num_images: i
     return order[rank < k]
 
 
-def _offset_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_thr: float) -> torch.Tensor:
-    """Greedy NMS within each group in one :func:`torchvision.ops.nms` call; kept indices.
+def _grouped_hard_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, images: torch.Tensor, iou_thr: float
+) -> torch.Tensor:
+    """Greedy NMS within each group with :func:`torchvision.ops.nms`; kept indices, image-major
+    and by score (descending) within an image.
 
-    Each group is shifted by ``group * span`` (span = coordinate range + 1) so boxes of
-    different groups never overlap. The shift is done in float64, where adding these
-    integer multiples to float32 coordinates is exact: the IoUs are those of the original
-    boxes (a float32 shift loses ~0.01 px per box at batch scale and flips borderline
-    decisions). Unlike torchvision's coordinate trick this also holds for negative
-    coordinates.
+    Groups are kept apart by shifting each by ``group * span`` (span = coordinate range + 1),
+    in float64, where adding these integer multiples to float32 coordinates is exact: the
+    IoUs are those of the original boxes (a float32 shift loses ~0.01 px at batch scale and
+    flips borderline decisions; unlike torchvision's coordinate trick this also holds for
+    negative coordinates). The kernel compares every kept box with every later box of its
+    call, so one call for the whole batch costs O(kept * N); instead consecutive whole
+    images (``images`` is sorted) are packed into calls of at most ``_NMS_CALL_SIZE``
+    candidates, an image with more taking a call of its own.
     """
     boxes64 = boxes.double()
-    low = boxes64.min()
-    span = boxes64.max() - low + 1
-    shifted = boxes64 - low + (groups.double() * span)[:, None]  # (N, 4)
-    return torchvision.ops.nms(shifted, scores.double(), iou_thr)
+    low, high = torch.aminmax(boxes64)
+    shifted = boxes64 - low + (groups.double() * (high - low + 1))[:, None]  # (N, 4)
+    scores64 = scores.double()
+    bounds, end = [0], 0  # candidate ranges of the calls: whole images, <= _NMS_CALL_SIZE each
+    for count in torch.bincount(images).tolist():
+        if end > bounds[-1] and end + count - bounds[-1] > _NMS_CALL_SIZE:
+            bounds.append(end)
+        end += count
+    bounds.append(end)
+    keep = torch.cat([
+        torchvision.ops.nms(shifted[start:stop], scores64[start:stop], iou_thr) + start
+        for start, stop in itertools.pairwise(bounds)
+    ])  # by score within each call
+    return keep[images[keep].argsort(stable=True)]
 
 
 def _sequential_nms(
@@ -163,15 +197,17 @@ def _run_nms(
     boxes: torch.Tensor,
     scores: torch.Tensor,
     groups: torch.Tensor,
+    images: torch.Tensor,
     num_groups: int,
     method: str,
     score_thr: float,
     iou_thr: float,
     sigma: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Kept candidate indices sorted by their (possibly decayed) score, descending; those scores."""
+    """Kept candidate indices, image-major and by their (possibly decayed) score within an
+    image, descending; and those scores."""
     if method == "hard":
-        keep = _offset_nms(boxes, scores, groups, iou_thr)
+        keep = _grouped_hard_nms(boxes, scores, groups, images, iou_thr)
         return keep, scores[keep]
     if method == "soft":
         # Gaussian soft-NMS (Bodla et al. 2017): s_j <- s_j * exp(-IoU(M, b_j)^2 / sigma);
@@ -189,6 +225,7 @@ def _run_nms(
         final = _sequential_nms(boxes, scores, groups, num_groups, "diou", update)
     keep = (final > score_thr).nonzero().squeeze(1)
     keep = keep[final[keep].argsort(descending=True, stable=True)]
+    keep = keep[images[keep].argsort(stable=True)]  # image-major, by score within an image
     return keep, final[keep]
 
 
@@ -231,7 +268,8 @@ def multiclass_nms(
         cast) on the input's device.
 
     Hard NMS keeps exactly what :func:`torchvision.ops.nms` keeps run per image and class
-    (one kernel call for the batch, with exact float64 group shifts). Soft and DIoU NMS run
+    (a few kernel calls for the batch, each over whole images with exact float64 group
+    shifts). Soft and DIoU NMS run
     all groups of the batch together, one vectorised step per selection (steps = the largest
     number of selections in one group).
     """
@@ -248,13 +286,15 @@ def multiclass_nms(
     if score.numel():
         groups = img if class_agnostic else img * num_classes + label
         num_groups = num_images if class_agnostic else num_images * num_classes
-        keep, score = _run_nms(cand_boxes, score, groups, num_groups, method, score_thr, iou_thr, sigma)
+        keep, score = _run_nms(cand_boxes, score, groups, img, num_groups, method, score_thr, iou_thr, sigma)
         img, label, cand_boxes = img[keep], label[keep], cand_boxes[keep]
-        # keep is sorted by score: regroup by image and cut each image at max_det
-        top = _top_per_image(img, torch.arange(len(keep), device=keep.device), max_det, num_images)
-        img, label, score, cand_boxes = img[top], label[top], score[top], cand_boxes[top]
 
-    counts = torch.bincount(img, minlength=num_images).tolist()
+    counts = torch.bincount(img, minlength=num_images)
+    if score.numel() and counts.max() > max_det:  # keep is by score within an image: cut at max_det
+        top = _top_per_image(img, torch.arange(len(img), device=img.device), max_det, num_images)
+        img, label, score, cand_boxes = img[top], label[top], score[top], cand_boxes[top]
+        counts = counts.clamp(max=max_det)
+    counts = counts.tolist()
     parts = zip(cand_boxes.split(counts), score.split(counts), label.split(counts), strict=True)
     return [Detections(*part) for part in parts]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-import detlosses.nms  # noqa: F401  (registers MultiClassNMS)
+import detlosses.nms
 from detlosses.nms import Detections, MultiClassNMS, multiclass_nms
 from detlosses.registry import NMS
 
@@ -159,6 +159,26 @@ def test_hard_equals_per_image_torchvision(case, seed):
     assert_same(ours, ref)
     assert all(len(d.scores) <= max_det for d in ours)
     assert any(len(d.scores) for d in ours)
+
+
+@pytest.mark.parametrize("max_det", [100, 1000])  # images cut at max_det, or not
+@pytest.mark.parametrize("call_size", [1, 500, 100_000])
+def test_hard_result_does_not_depend_on_how_images_are_packed_into_kernel_calls(call_size, max_det, monkeypatch):
+    # Candidates per image: 310, 147, 283, 318, 0, 291. call_size 1: one torchvision call per
+    # image; 500: images 0 + 1, 2, 3 + 4, 5; 100_000: the whole batch in one call.
+    monkeypatch.setattr(detlosses.nms, "_NMS_CALL_SIZE", call_size)
+    boxes, scores = random_batch(5, B=6)
+    scores[1] *= 0.9
+    scores[4] = 0.0
+    args = (0.8, 0.5, max_det, 1000, True, False)
+    assert_same(multiclass_nms(boxes, scores, *args), reference_hard(boxes, scores, *args))
+
+
+def test_nan_scores_raise():
+    boxes, scores = random_batch(0)
+    scores[1, 7, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        multiclass_nms(boxes, scores)
 
 
 def test_hard_negative_coordinates_keep_groups_apart():

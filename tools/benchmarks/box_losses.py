@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from collections.abc import Callable
 
 import torch
@@ -21,13 +20,7 @@ import torchvision.ops as tv
 from detlosses.boxes import box_iou
 from detlosses.losses.iou import iou_loss
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n", type=int, default=16384, help="aligned box pairs for the losses")
-    parser.add_argument("--repeat", type=int, default=50, help="timed runs per row")
-    parser.add_argument(
-        "--pairwise", type=str, default="8400x1000", help="N x M for pairwise box_iou"
-    )
+from ._timing import interleaved_median_ms, timing_row
 
 
 def _random_boxes(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -100,27 +93,14 @@ def _mm_siou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -
     return 1 - (ious - 0.5 * (dist + shape))
 
 
-LOSS_ROWS: list[tuple[str, str, Callable, str]] = [
-    ("iou", "mmdet iou_loss (re-stated)", _mm_iou_loss, "iou"),
-    ("giou", "torchvision generalized_box_iou_loss", tv.generalized_box_iou_loss, "giou"),
-    ("diou", "torchvision distance_box_iou_loss", tv.distance_box_iou_loss, "diou"),
-    ("ciou", "torchvision complete_box_iou_loss", tv.complete_box_iou_loss, "ciou"),
-    ("eiou", "mmdet eiou_loss (re-stated)", _mm_eiou_loss, "eiou"),
-    ("siou", "mmdet siou_loss (re-stated)", _mm_siou_loss, "siou"),
+LOSS_ROWS: list[tuple[str, str, Callable]] = [
+    ("iou", "mmdet iou_loss (re-stated)", _mm_iou_loss),
+    ("giou", "torchvision generalized_box_iou_loss", tv.generalized_box_iou_loss),
+    ("diou", "torchvision distance_box_iou_loss", tv.distance_box_iou_loss),
+    ("ciou", "torchvision complete_box_iou_loss", tv.complete_box_iou_loss),
+    ("eiou", "mmdet eiou_loss (re-stated)", _mm_eiou_loss),
+    ("siou", "mmdet siou_loss (re-stated)", _mm_siou_loss),
 ]
-
-
-def _interleaved_median_ms(fns: list[Callable[[], object]], repeat: int) -> list[float]:
-    """Median wall time (ms) of each thunk, alternating them run by run."""
-    for fn in fns:  # warm-up
-        fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeat):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - start)
-    return [sorted(t)[len(t) // 2] * 1e3 for t in times]
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -139,19 +119,11 @@ def run(args: argparse.Namespace) -> list[dict]:
         return step
 
     rows = []
-    for mode, ref_name, ref_fn, _ in LOSS_ROWS:
-        ours_ms, ref_ms = _interleaved_median_ms(
+    for mode, ref_name, ref_fn in LOSS_ROWS:
+        ours_ms, ref_ms = interleaved_median_ms(
             [fwd_bwd(lambda p, t, m=mode: iou_loss(p, t, mode=m)), fwd_bwd(ref_fn)], args.repeat
         )
-        rows.append(
-            {
-                "op": f"iou_loss(mode={mode!r}) fwd+bwd, n={args.n}",
-                "reference": ref_name,
-                "ours_ms": ours_ms,
-                "ref_ms": ref_ms,
-                "ratio": ours_ms / ref_ms,
-            }
-        )
+        rows.append(timing_row(f"iou_loss(mode={mode!r})", f"{args.n}x4", ref_name, ours_ms, ref_ms))
 
     n, m = (int(v) for v in args.pairwise.lower().split("x"))
     a, b = _random_boxes(n, gen), _random_boxes(m, gen)
@@ -160,17 +132,9 @@ def run(args: argparse.Namespace) -> list[dict]:
         ("giou", "torchvision generalized_box_iou", tv.generalized_box_iou),
     ):
         with torch.no_grad():
-            ours_ms, ref_ms = _interleaved_median_ms(
+            ours_ms, ref_ms = interleaved_median_ms(
                 [lambda mode=mode: box_iou(a, b, mode=mode), lambda f=ref_fn: f(a, b)],
                 max(3, args.repeat // 10),
             )
-        rows.append(
-            {
-                "op": f"box_iou(mode={mode!r}) pairwise {n}x{m}",
-                "reference": ref_name,
-                "ours_ms": ours_ms,
-                "ref_ms": ref_ms,
-                "ratio": ours_ms / ref_ms,
-            }
-        )
+        rows.append(timing_row(f"box_iou(mode={mode!r}), no grad", f"{n}x{m} pairs", ref_name, ours_ms, ref_ms))
     return rows

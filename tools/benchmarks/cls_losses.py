@@ -1,19 +1,17 @@
 """Forward+backward time of the classification-family losses against reference code.
 
-    python -m tools.benchmarks.cls_losses --n 16384 --classes 80 --repeat 20
+Part of ``python tools/bench.py losses [--n 16384 --classes 80 --reg-max 16 --repeat 20]``.
 
 Each reference row re-states how a well-known library computes the same formula (the
 file it mirrors is named in the comment above it), except torchvision's focal loss,
 which is called directly. Timing: ``loss.sum().backward()`` on CPU, ours and the
-reference interleaved in every round, median over ``repeat`` rounds after a warm-up.
+reference interleaved in every round, median over ``repeat`` rounds after two warm-up rounds.
 DFL is timed on ``n`` boxes x 4 sides x (reg_max + 1) bins.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -24,6 +22,8 @@ from detlosses.losses.distribution_focal import distribution_focal_loss
 from detlosses.losses.focal import sigmoid_focal_loss
 from detlosses.losses.quality_focal import quality_focal_loss
 from detlosses.losses.varifocal import varifocal_loss
+
+from ._timing import interleaved_median_ms, timing_row
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -114,31 +114,20 @@ def _soft_targets(n: int, classes: int, generator: torch.Generator) -> torch.Ten
     return target
 
 
-def _time_pair(ours: Loss, ref: Loss, logits: torch.Tensor, target: torch.Tensor, repeat: int):
-    """Median forward+backward milliseconds of ``ours`` and ``ref``, interleaved."""
+def _fwd_bwd(fn: Loss, logits: torch.Tensor, target: torch.Tensor) -> Callable[[], None]:
+    """A thunk running ``fn(logits, target).sum().backward()`` on a leaf copy of ``logits``."""
+    x = logits.detach().clone().requires_grad_()
 
-    def once(fn: Loss) -> float:
-        x = logits.detach().clone().requires_grad_()
-        start = time.perf_counter()
+    def step() -> None:
+        x.grad = None
         fn(x, target).sum().backward()
-        return (time.perf_counter() - start) * 1e3
 
-    for _ in range(2):  # warm-up
-        once(ours), once(ref)
-    times = [(once(ours), once(ref)) for _ in range(repeat)]
-    return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n", type=int, default=16384, help="rows (anchors / boxes)")
-    parser.add_argument("--classes", type=int, default=80, help="classes (logits per row)")
-    parser.add_argument("--reg-max", dest="reg_max", type=int, default=16, help="DFL bins - 1")
-    parser.add_argument("--repeat", type=int, default=20, help="timed rounds (median reported)")
+    return step
 
 
 def run(args: argparse.Namespace) -> list[dict]:
     n, classes, repeat = args.n, args.classes, args.repeat
-    n_bins = getattr(args, "reg_max", 16) + 1
+    n_bins = args.reg_max + 1
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(n, classes, generator=generator) * 2.0 - 3.0
     soft = _soft_targets(n, classes, generator)
@@ -167,23 +156,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     rows = []
     for name, ours, x, target, refs in cases:
         for ref_name, ref in refs:
-            ours_ms, ref_ms = _time_pair(ours, ref, x, target, repeat)
-            rows.append({
-                "loss": name,
-                "shape": "x".join(map(str, x.shape)),
-                "reference": ref_name,
-                "ours_ms": round(ours_ms, 2),
-                "ref_ms": round(ref_ms, 2),
-                "ratio": round(ours_ms / ref_ms, 3),
-            })  # fmt: skip
+            ours_ms, ref_ms = interleaved_median_ms([_fwd_bwd(ours, x, target), _fwd_bwd(ref, x, target)], repeat, 2)
+            rows.append(timing_row(name, "x".join(map(str, x.shape)), ref_name, ours_ms, ref_ms))
     return rows
 
-
-if __name__ == "__main__":
-    from tools.bench import format_table
-
-    cli = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_arguments(cli)
-    print(format_table(run(cli.parse_args())))
