@@ -59,6 +59,7 @@ __all__ = [
     "Letterbox",
     "build_transforms",
     "collate_fn",
+    "read_annotations",
     "read_categories",
     "seed_worker",
 ]
@@ -204,13 +205,17 @@ def _set_compose_seed(compose: A.Compose, seed: int) -> None:
 # ----------------------------------------------------------------------------------------
 # Annotations
 # ----------------------------------------------------------------------------------------
-def _load_json(ann_file: str | os.PathLike) -> dict:
+def read_annotations(ann_file: str | os.PathLike) -> dict:
+    """The COCO json of ``ann_file``; FileNotFoundError / ValueError name the file."""
     if not os.path.isfile(ann_file):
         raise FileNotFoundError(f"annotation file not found: {ann_file}")
     with open(ann_file) as f:
-        coco = json.load(f)
+        try:
+            coco = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"annotation file {ann_file} is not valid JSON: {e}") from e
     for key in ("images", "categories"):
-        if key not in coco:
+        if not isinstance(coco, dict) or key not in coco:
             raise ValueError(f"annotation file {ann_file} has no {key!r} list")
     return coco
 
@@ -227,7 +232,7 @@ def _sorted_categories(coco: dict, ann_file: str | os.PathLike) -> list[dict]:
 
 def read_categories(ann_file: str | os.PathLike) -> list[dict]:
     """COCO categories of ``ann_file`` sorted by id: list position = contiguous index."""
-    return _sorted_categories(_load_json(ann_file), ann_file)
+    return _sorted_categories(read_annotations(ann_file), ann_file)
 
 
 def _list_files(paths: Sequence[str]) -> str:
@@ -348,7 +353,7 @@ class COCODetectionDataset(Dataset):
         self.skip_bad_images = skip_bad_images
         self.skipped_images: list[str] = []
 
-        coco = _load_json(self.ann_file)
+        coco = read_annotations(self.ann_file)
         cats = _sorted_categories(coco, self.ann_file)
         json_ids = [c["id"] for c in cats]
         if category_ids is not None and sorted(category_ids) != json_ids:

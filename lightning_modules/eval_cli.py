@@ -2,11 +2,20 @@
 
     detlosses-eval --gt instances_val.json --pred results.json [--out report.json]
                    [--plots DIR] [--backend pycocotools|faster] [--drop-invalid]
+    detlosses-eval --ckpt CKPT [--val-ann ANN --val-images DIR] [--config CFG] [--save-dir DIR]
+                   [--out report.json] [--plots DIR] [--backend ...] [--num-vis N]
 
 Prints pycocotools' 12-line summary and a per-class AP / AP50 / AR100 table; ``--out`` writes
 ``{"stats": {...}, "per_class": {...}}``; ``--plots`` writes precision-recall curves as PNG.
 Invalid predictions or an unreadable ground truth end with exit code 2 and a message (no
 traceback). The evaluation itself is :func:`detlosses.evaluation.coco_evaluate`.
+
+``--ckpt`` rebuilds the detector from the checkpoint alone, runs it on the validation images,
+evaluates, and writes ``results.json``, ``report.json`` and ``--num-vis`` images with ground
+truth and detections drawn to ``--save-dir`` (default: ``eval/`` beside the checkpoint's
+``checkpoints/`` folder). The data default to those the checkpoint was trained with; a
+LightningCLI ``--config`` (its ``data:`` section) or ``--val-ann`` / ``--val-images`` /
+``--image-size`` override them, in that order.
 
 This module imports no Lightning code at the top: evaluating a results file needs only
 detlosses (and pycocotools / faster-coco-eval, loaded lazily).
@@ -21,7 +30,6 @@ from pathlib import Path
 
 from detlosses.evaluation import (
     BACKENDS,
-    COCOInputError,
     COCOReport,
     coco_evaluate,
     format_problems,
@@ -32,21 +40,33 @@ PROG = "detlosses-eval"
 EXIT_INPUT_ERROR = 2  # same code argparse uses for usage errors
 
 
+class InputError(ValueError):
+    """A checkpoint, config or data argument that cannot be used (exit code 2, no traceback)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Evaluate COCO box results with pycocotools' protocol and numbers.",
     )
-    parser.add_argument("--gt", metavar="ANN", help="COCO ground-truth annotation json")
-    # What to evaluate: exactly one source. A checkpoint source (--ckpt CKPT with
-    # --val-ann ANN --val-images DIR: rebuild the model, predict, then evaluate) joins this
-    # group later; it will dispatch in main() next to _evaluate_results().
-    source = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument("--gt", metavar="ANN", help="COCO ground-truth annotation json (with --pred)")
+    source = parser.add_mutually_exclusive_group(required=True)  # what to evaluate
     source.add_argument(
         "--pred",
         metavar="RESULTS",
         help="COCO results json: [{image_id, category_id, bbox, score}]",
     )
+    source.add_argument("--ckpt", metavar="CKPT", help="a detlosses-train checkpoint: predict, then evaluate")
+    model = parser.add_argument_group("--ckpt options")
+    model.add_argument("--config", metavar="CFG", help="LightningCLI config whose data: section names the images")
+    model.add_argument("--val-ann", metavar="ANN", help="COCO annotation json of the images to evaluate on")
+    model.add_argument("--val-images", metavar="DIR", help="folder of those images")
+    model.add_argument("--image-size", type=int, help="network input side (default: the training value)")
+    model.add_argument("--batch-size", type=int, default=16)
+    model.add_argument("--num-workers", type=int, default=0)
+    model.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
+    model.add_argument("--save-dir", metavar="DIR", type=Path, help="where results, report and drawings go")
+    model.add_argument("--num-vis", type=int, default=8, help="images drawn with their boxes (0: none)")
     parser.add_argument(
         "--out", metavar="REPORT", type=Path, help='write {"stats", "per_class"} json here'
     )
@@ -62,26 +82,84 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _print_dropped(report: COCOReport) -> None:
     total = report.num_predictions + report.num_dropped
     print(f"Dropped {report.num_dropped} of {total} invalid prediction entries:")
     print(format_problems(report.dropped), end="\n\n")
 
 
-def _evaluate_results(args: argparse.Namespace) -> int:
-    report = coco_evaluate(args.gt, args.pred, backend=args.backend, drop_invalid=args.drop_invalid)
+def _report(args: argparse.Namespace, gt: str, predictions: str | list, out: Path | None) -> COCOReport:
+    """Evaluate, print the summary and the per-class table, write ``out`` and ``--plots``."""
+    report = coco_evaluate(gt, predictions, backend=args.backend, drop_invalid=args.drop_invalid)
     if report.num_dropped:
         _print_dropped(report)
     print(report.summary)
     print()
     print(report.format_per_class())
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
-        print(f"\nWrote {args.out}")
+    for path in dict.fromkeys(p for p in (out, args.out) if p is not None):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        print(f"\nWrote {path}")
     if args.plots is not None:
         paths = plot_pr_curves(report, args.plots)
         print(f"Wrote {len(paths)} precision-recall plots to {args.plots}")
+    return report
+
+
+def _config_data_args(config: str) -> dict:
+    """The ``data:`` section of a LightningCLI YAML config (``init_args`` unwrapped)."""
+    import yaml
+
+    try:
+        with open(config, encoding="utf-8") as f:
+            cfg = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise InputError(f"cannot read config {config!r}: {e.strerror or e}") from e
+    except yaml.YAMLError as e:
+        raise InputError(f"config {config!r} is not valid YAML: {e}") from e
+    data = cfg.get("data", {}) if isinstance(cfg, dict) else {}
+    return dict(data.get("init_args", data)) if isinstance(data, dict) else {}
+
+
+def _evaluate_checkpoint(args: argparse.Namespace) -> int:
+    from lightning_modules.inference import (
+        checkpoint_data_args,
+        draw_detections,
+        load_detector,
+        predict_coco_results,
+    )
+
+    ckpt = Path(args.ckpt)
+    if not ckpt.is_file():
+        raise InputError(f"checkpoint not found: {ckpt}")
+    data = checkpoint_data_args(ckpt)
+    if args.config is not None:
+        data.update(_config_data_args(args.config))
+    given = {"val_ann": args.val_ann, "val_images": args.val_images, "image_size": args.image_size}
+    data.update({key: value for key, value in given.items() if value is not None})
+    missing = [f"--{key.replace('_', '-')}" for key in ("val_ann", "val_images", "image_size") if key not in data]
+    if missing:
+        raise InputError(f"{ckpt} does not name its validation data: pass {', '.join(missing)} (or --config)")
+
+    model = load_detector(ckpt, args.device)
+    print(f"Predicting {data['val_images']} ({data['val_ann']}) at {data['image_size']} px with {ckpt}")
+    results = predict_coco_results(
+        model, data["val_ann"], data["val_images"], int(data["image_size"]), args.batch_size, args.num_workers
+    )
+    save_dir = args.save_dir or ckpt.resolve().parent.parent / "eval"
+    save_dir.mkdir(parents=True, exist_ok=True)
+    (save_dir / "results.json").write_text(json.dumps(results) + "\n", encoding="utf-8")
+    print(f"Wrote {len(results)} detections to {save_dir / 'results.json'}\n")
+    _report(args, data["val_ann"], results, save_dir / "report.json")
+    if args.num_vis > 0:
+        drawn = draw_detections(data["val_ann"], data["val_images"], results, save_dir / "vis", args.num_vis)
+        print(f"Drew ground truth (green) and detections (red) on {len(drawn)} images in {save_dir / 'vis'}")
     return 0
 
 
@@ -89,11 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 bad input or usage)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.gt is None:
+    if args.pred is not None and args.gt is None:
         parser.error("--pred needs --gt ANN")
+    if args.ckpt is not None and args.gt is not None:
+        parser.error("--gt goes with --pred; with --ckpt name the images with --val-ann / --val-images")
     try:
-        return _evaluate_results(args)
-    except COCOInputError as e:
+        if args.pred is not None:
+            _report(args, args.gt, args.pred, None)
+            return 0
+        return _evaluate_checkpoint(args)
+    except (ValueError, FileNotFoundError) as e:  # bad input: COCOInputError, InputError, data errors
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_INPUT_ERROR
 

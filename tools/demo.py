@@ -22,10 +22,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytorch_lightning as pl
-import torch
 
 from detlosses.evaluation import COCOReport, coco_evaluate
-from lightning_modules.detector import OneStageDetector, coco_results
+from lightning_modules.data import COCODataModule
+from lightning_modules.inference import load_detector, predict_coco_results
 from lightning_modules.shapes import make_shapes
 from lightning_modules.train_cli import build_cli, checkpoint_dir
 
@@ -55,17 +55,13 @@ class ProgressReport(pl.Callback):
         )
 
 
-def evaluate_checkpoint(ckpt_path: str, datamodule: pl.LightningDataModule) -> COCOReport:
+def evaluate_checkpoint(ckpt_path: str, datamodule: COCODataModule) -> COCOReport:
     """COCO evaluation of a checkpoint on the data module's validation set (one process)."""
-    model = OneStageDetector.load_from_checkpoint(ckpt_path, map_location="cpu").eval()
-    datamodule.setup("validate")
-    predictions = []
-    with torch.inference_mode():
-        for batch_idx, (images, targets) in enumerate(datamodule.val_dataloader()):
-            detections = model.predict_step((images, targets), batch_idx)
-            for det, target in zip(detections, targets, strict=True):
-                predictions += coco_results(det, target["image_id"], model.hparams.category_ids)
-    return coco_evaluate(datamodule.val_ann, predictions, classwise=True)
+    model = load_detector(ckpt_path)
+    results = predict_coco_results(
+        model, datamodule.val_ann, datamodule.val_images, datamodule.image_size, datamodule.batch_size
+    )
+    return coco_evaluate(datamodule.val_ann, results, classwise=True)
 
 
 def main(argv: list[str] | None = None) -> None:
