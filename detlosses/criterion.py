@@ -86,6 +86,10 @@ class DetectionCriterion(nn.Module):
         box_weighting: each positive's weight in the box and DFL losses and their normaliser:
             ``"target_score"``, the sum of its target scores (TOOD, PP-YOLOE, YOLOv8), or
             ``"pred_score"``, its highest predicted probability (GFL).
+        initial_assigner: ASSIGNERS config used instead of ``assigner`` while the epoch set by
+            :meth:`set_epoch` is below ``initial_epochs`` (TOOD's ATSS warm-up:
+            ``{"type": "ATSSAssigner", "topk": 9}`` for 4 epochs), or None.
+        initial_epochs: length of that warm-up in epochs.
 
     Call with ``cls_logits (B, A, C)``, ``box_preds (B, A, 4)`` (decoded xyxy pixels),
     ``box_dist_logits (B, A, 4 * (reg_max + 1))`` or None, ``anchor_points (A, 2)``,
@@ -105,6 +109,8 @@ class DetectionCriterion(nn.Module):
         weights: Mapping[str, float] | None = None,
         cls_normalizer: str = "score_sum",
         box_weighting: str = "target_score",
+        initial_assigner: Mapping[str, Any] | nn.Module | None = None,
+        initial_epochs: int = 0,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -117,12 +123,19 @@ class DetectionCriterion(nn.Module):
         unknown = set(weights) - {"cls", "box", "dfl"}
         if unknown:
             raise KeyError(f"weights takes the keys 'cls', 'box', 'dfl', got {sorted(unknown)}")
+        if isinstance(initial_epochs, bool) or not isinstance(initial_epochs, int) or initial_epochs < 0:
+            raise ValueError(f"initial_epochs must be an int >= 0, got {initial_epochs!r}")
+        if initial_epochs and initial_assigner is None:
+            raise ValueError(f"initial_epochs={initial_epochs} needs an initial_assigner")
         self.num_classes = num_classes
         self.reg_max = reg_max
         self.weights = weights
         self.cls_normalizer = cls_normalizer
         self.box_weighting = box_weighting
         self.assigner = ASSIGNERS.build(assigner)
+        self.initial_assigner = None if initial_assigner is None else ASSIGNERS.build(initial_assigner)
+        self.initial_epochs = initial_epochs
+        self.epoch = 0
         self.cls_loss = LOSSES.build(cls_loss)
         self.box_loss = LOSSES.build(box_loss)
         self.dfl_loss = None if dfl_loss is None else LOSSES.build(dfl_loss)
@@ -133,6 +146,18 @@ class DetectionCriterion(nn.Module):
         from .recipes import get_recipe
 
         return cls(num_classes=num_classes, **{**get_recipe(name), **overrides})
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell the criterion the training epoch (0-based), which picks the warm-up assigner;
+        a training loop calls it at the start of every epoch, like ``DistributedSampler``'s."""
+        self.epoch = int(epoch)
+
+    @property
+    def active_assigner(self) -> nn.Module:
+        """``initial_assigner`` during the first ``initial_epochs`` epochs, ``assigner`` after."""
+        if self.initial_assigner is not None and self.epoch < self.initial_epochs:
+            return self.initial_assigner
+        return self.assigner
 
     def forward(
         self,
@@ -148,7 +173,7 @@ class DetectionCriterion(nn.Module):
 
         with torch.no_grad():
             pred_scores = cls_logits.detach().float().sigmoid()  # (B, A, C)
-            assigned = self.assigner(
+            assigned = self.active_assigner(
                 pred_scores, box_preds.detach().float(), anchor_points.float(),
                 gt_labels, gt_bboxes, gt_mask, strides=strides.float(),
             )
@@ -222,5 +247,6 @@ class DetectionCriterion(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, reg_max={self.reg_max}, weights={self.weights}, "
-            f"cls_normalizer={self.cls_normalizer!r}, box_weighting={self.box_weighting!r}"
+            f"cls_normalizer={self.cls_normalizer!r}, box_weighting={self.box_weighting!r}, "
+            f"initial_epochs={self.initial_epochs}"
         )

@@ -9,9 +9,12 @@
 
 Sources: TOOD (Feng et al., ICCV 2021) and its mmdetection config; GFL (Li et al., NeurIPS
 2020); PP-YOLOE (Xu et al., 2022); YOLOv8 (ultralytics, default hyper-parameters box 7.5,
-cls 0.5, dfl 1.5). Differences from the originals: TOOD's ATSS warm-up epochs are not part
-of the recipe (pass ``assigner=`` to change it); every recipe uses ``reg_max + 1`` bins a
-side (YOLOv8 itself uses ``reg_max`` bins).
+cls 0.5, dfl 1.5). Differences from the originals: TOOD's ATSS warm-up (the first 4 epochs
+with ATSS top-9 in its config) is optional, one override away:
+``DetectionCriterion.from_recipe("tood", 80, initial_assigner={"type": "ATSSAssigner",
+"topk": 9}, initial_epochs=4)``, with the training loop calling ``criterion.set_epoch``
+(``OneStageDetector`` does); every recipe uses ``reg_max + 1`` bins a side (YOLOv8 itself
+uses ``reg_max`` bins).
 
 The TOOD classification loss is the plain QFL of mmdetection's TOOD config; the soft-target
 focal form with ``alpha`` (PaddleDetection) is one override away:

@@ -187,6 +187,9 @@ class OneStageDetector(pl.LightningModule):
         self.log("loss", loss.detach(), batch_size=len(images), prog_bar=True, logger=False)
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        self.criterion.set_epoch(self.current_epoch)  # the recipe's assigner warm-up, if any
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         decay, no_decay = [], []

@@ -100,6 +100,22 @@ def test_total_equals_hand_combined_losses(recipe):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
+def test_tood_atss_warmup_switches_assigner_by_epoch():
+    inputs = make_inputs()
+    atss9 = {"type": "ATSSAssigner", "topk": 9}
+    crit = DetectionCriterion.from_recipe("tood", 3, reg_max=REG_MAX, initial_assigner=atss9, initial_epochs=2)
+    atss = DetectionCriterion.from_recipe("tood", 3, reg_max=REG_MAX, assigner=atss9)
+    tal = DetectionCriterion.from_recipe("tood", 3, reg_max=REG_MAX)
+    assert not torch.allclose(atss(*inputs)["loss"], tal(*inputs)["loss"])  # the two differ here
+    for epoch, reference in ((0, atss), (1, atss), (2, tal), (7, tal)):
+        crit.set_epoch(epoch)
+        torch.testing.assert_close(crit(*inputs)["loss"], reference(*inputs)["loss"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="initial_assigner"):
+        DetectionCriterion.from_recipe("tood", 3, initial_epochs=4)
+    with pytest.raises(ValueError, match="initial_epochs"):
+        DetectionCriterion.from_recipe("tood", 3, initial_assigner=atss9, initial_epochs=-1)
+
+
 def test_no_ground_truth_gives_finite_loss_with_gradient():
     cls_logits, box_preds, dist_logits, points, strides, _ = make_inputs()
     empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}] * 2

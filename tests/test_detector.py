@@ -128,6 +128,21 @@ def test_each_recipe_trains(shapes, recipe):
     assert changed > 0.9
 
 
+def test_assigner_warmup_follows_the_training_epoch(shapes):
+    class AssignerRecorder(pl.Callback):
+        def __init__(self) -> None:
+            self.seen: list[tuple[int, str]] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.seen.append((trainer.current_epoch, type(pl_module.criterion.active_assigner).__name__))
+
+    criterion = {"recipe": "tood", "initial_assigner": {"type": "ATSSAssigner", "topk": 9}, "initial_epochs": 1}
+    model = OneStageDetector(5, criterion=criterion)
+    recorder = AssignerRecorder()
+    _trainer(max_epochs=2, limit_val_batches=0, callbacks=[recorder]).fit(model, datamodule=_datamodule(shapes))
+    assert recorder.seen == [(0, "ATSSAssigner")] * 2 + [(1, "TaskAlignedAssigner")] * 2
+
+
 def test_class_names_and_category_ids_from_datamodule(shapes):
     dm = _datamodule(shapes)
     model = OneStageDetector(dm.num_classes)
