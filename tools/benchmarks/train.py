@@ -15,6 +15,7 @@ import torch
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", nargs="+", default=["n", "s"], help="model sizes (n, s, m)")
+    parser.add_argument("--head", default="decoupled", help="head type (decoupled: the CPU default config; tood)")
     parser.add_argument("--image-size", type=int, default=320)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-classes", type=int, default=80)
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     rows = []
     for size in args.sizes:
         torch.manual_seed(0)
-        detector = OneStageDetector(args.num_classes, size=size, criterion=args.recipe)
+        detector = OneStageDetector(args.num_classes, size=size, head=args.head, criterion=args.recipe)
         optimizer = torch.optim.AdamW(detector.parameters(), lr=1e-4)
 
         def train_step(detector=detector, optimizer=optimizer) -> None:
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         rows.append(
             {
                 "size": size,
+                "head": args.head,
                 "params_M": detector.model.num_parameters / 1e6,
                 "image_size": args.image_size,
                 "batch": args.batch_size,
