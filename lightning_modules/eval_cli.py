@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--image-size", type=int, help="network input side (default: the training value)")
     model.add_argument("--batch-size", type=int, default=16)
     model.add_argument("--num-workers", type=int, default=0)
-    model.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
+    model.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     model.add_argument("--save-dir", metavar="DIR", type=Path, help="where results, report and drawings go")
     model.add_argument("--num-vis", type=int, default=8, help="images drawn with their boxes (0: none)")
     parser.add_argument(
@@ -82,19 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _print_dropped(report: COCOReport) -> None:
     total = report.num_predictions + report.num_dropped
     print(f"Dropped {report.num_dropped} of {total} invalid prediction entries:")
     print(format_problems(report.dropped), end="\n\n")
 
 
-def _report(args: argparse.Namespace, gt: str, predictions: str | list, out: Path | None) -> COCOReport:
+def _report(args: argparse.Namespace, gt: str | dict, predictions: str | list, out: Path | None) -> COCOReport:
     """Evaluate, print the summary and the per-class table, write ``out`` and ``--plots``."""
     report = coco_evaluate(gt, predictions, backend=args.backend, drop_invalid=args.drop_invalid)
     if report.num_dropped:
@@ -128,6 +122,7 @@ def _config_data_args(config: str) -> dict:
 
 
 def _evaluate_checkpoint(args: argparse.Namespace) -> int:
+    from lightning_modules.data import read_annotations
     from lightning_modules.inference import (
         checkpoint_data_args,
         draw_detections,
@@ -136,8 +131,6 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     )
 
     ckpt = Path(args.ckpt)
-    if not ckpt.is_file():
-        raise InputError(f"checkpoint not found: {ckpt}")
     data = checkpoint_data_args(ckpt)
     if args.config is not None:
         data.update(_config_data_args(args.config))
@@ -156,9 +149,10 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     save_dir.mkdir(parents=True, exist_ok=True)
     (save_dir / "results.json").write_text(json.dumps(results) + "\n", encoding="utf-8")
     print(f"Wrote {len(results)} detections to {save_dir / 'results.json'}\n")
-    _report(args, data["val_ann"], results, save_dir / "report.json")
+    coco = read_annotations(data["val_ann"])  # read once for the evaluation and the drawings
+    _report(args, coco, results, save_dir / "report.json")
     if args.num_vis > 0:
-        drawn = draw_detections(data["val_ann"], data["val_images"], results, save_dir / "vis", args.num_vis)
+        drawn = draw_detections(coco, data["val_images"], results, save_dir / "vis", args.num_vis)
         print(f"Drew ground truth (green) and detections (red) on {len(drawn)} images in {save_dir / 'vis'}")
     return 0
 

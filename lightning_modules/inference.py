@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 
-from .data import COCODetectionDataset, collate_fn, read_annotations
+from .data import COCODetectionDataset, collate_fn
 from .detector import OneStageDetector, coco_results
 
 __all__ = ["checkpoint_data_args", "draw_detections", "load_detector", "predict_coco_results"]
@@ -28,17 +28,28 @@ _PRED_COLOUR = (255, 60, 40)
 _MIN_DRAWN_SIDE = 480  # pixels: drawings of smaller images are enlarged to this longer side
 
 
-def load_detector(ckpt_path: str | os.PathLike, device: str | torch.device = "cpu") -> OneStageDetector:
-    """The detector of a checkpoint, in eval mode on ``device``; FileNotFoundError names the file."""
+def _require_file(ckpt_path: str | os.PathLike) -> None:
     if not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f"checkpoint not found: {os.fspath(ckpt_path)}")
+
+
+def load_detector(ckpt_path: str | os.PathLike, device: str | torch.device | None = None) -> OneStageDetector:
+    """The detector of a checkpoint, in eval mode on ``device`` (default: CUDA if available,
+    else CPU); FileNotFoundError names a missing file."""
+    _require_file(ckpt_path)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     return OneStageDetector.load_from_checkpoint(ckpt_path, map_location=torch.device(device)).eval()
 
 
 def checkpoint_data_args(ckpt_path: str | os.PathLike) -> dict[str, Any]:
     """``val_ann``, ``val_images``, ``image_size``, ... of the data module a checkpoint was trained
-    with (empty when it was trained without a ``COCODataModule``)."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    with (empty when it was trained without a ``COCODataModule``).
+
+    The checkpoint is memory-mapped, so its weights are not read (the model is loaded apart).
+    """
+    _require_file(ckpt_path)
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
     hparams = ckpt.get("datamodule_hyper_parameters") or {}
     return {key: hparams[key] for key in DATA_KEYS if key in hparams}
 
@@ -66,7 +77,6 @@ def predict_coco_results(
         for batch_idx, (images, targets) in enumerate(loader):
             detections = model.predict_step((images.to(model.device), targets), batch_idx)
             for det, target in zip(detections, targets, strict=True):
-                det = type(det)(*(t.cpu() for t in det))
                 results += coco_results(det, target["image_id"], model.hparams.category_ids)
     return results
 
@@ -88,7 +98,7 @@ def _draw_box(
 
 
 def draw_detections(
-    ann_file: str | os.PathLike,
+    coco: Mapping[str, Any],
     image_dir: str | os.PathLike,
     results: list[Mapping[str, Any]],
     out_dir: str | os.PathLike,
@@ -96,12 +106,11 @@ def draw_detections(
     score_thr: float = 0.3,
 ) -> list[Path]:
     """Draw ground truth (green) and detections scoring >= ``score_thr`` (red) on the first
-    ``num_images`` images of ``ann_file`` (by image id); one PNG each, named after the image,
-    enlarged to a longer side of 480 px when smaller.
+    ``num_images`` images (by id) of the COCO dataset ``coco`` (as ``read_annotations`` gives
+    it); one PNG each, named after the image, enlarged to a longer side of 480 px when smaller.
 
     Returns the written paths.
     """
-    coco = read_annotations(ann_file)
     names = {c["id"]: str(c.get("name", c["id"])) for c in coco["categories"]}
     by_image: dict[int, list[tuple[list[float], str]]] = {}
     for ann in coco.get("annotations", []):

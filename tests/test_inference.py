@@ -17,6 +17,7 @@ from PIL import Image
 
 from detlosses.evaluation import STAT_NAMES, coco_evaluate
 from lightning_modules import COCODataModule, OneStageDetector
+from lightning_modules.data import read_annotations
 from lightning_modules.eval_cli import main
 from lightning_modules.inference import checkpoint_data_args, draw_detections, load_detector
 from lightning_modules.shapes import make_shapes
@@ -132,7 +133,7 @@ def test_draw_detections_by_hand(tmp_path):
         {"image_id": 7, "category_id": 2, "bbox": [60, 20, 30, 20], "score": 0.9},
         {"image_id": 7, "category_id": 2, "bbox": [0, 0, 99, 49], "score": 0.1},
     ]
-    (path,) = draw_detections(ann, tmp_path, results, tmp_path / "vis", score_thr=0.3)
+    (path,) = draw_detections(read_annotations(ann), tmp_path, results, tmp_path / "vis", score_thr=0.3)
     with Image.open(path) as im:
         assert im.size == (480, 240)  # enlarged 4.8x
         px = im.load()

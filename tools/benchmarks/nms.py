@@ -19,16 +19,16 @@ import argparse
 import contextlib
 import io
 import os
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 
 import torch
 import torchvision
 
 from detlosses.nms import multiclass_nms
+
+from ._timing import interleaved_median_ms
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,22 +126,6 @@ def load_ultralytics(path: str) -> tuple[Callable | None, str]:
     return non_max_suppression, ""
 
 
-def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time of one call of each function, in ms.
-
-    Calls are interleaved (one of each per round, after a warm-up round), so load from other
-    processes hits every row alike.
-    """
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for round_ in range(repeats + 1):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            if round_:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
-
-
 def same_detections(ours, theirs, atol: float = 0.0) -> bool:
     """Per image: the same boxes, scores and labels in the same order."""
     for det, (boxes, scores, labels) in zip(ours, theirs, strict=True):
@@ -192,7 +176,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         cases.append((f"ref 2: {ultra_name}, multi-label", lambda: ultra(True)))
 
     results = {name: fn() for name, fn in cases}
-    times = interleaved_times(dict(cases), args.repeats)
+    times = dict(zip(results, interleaved_median_ms([fn for _, fn in cases], args.repeats), strict=True))
     loop_ms = times[cases[4][0]]
     ultra_ms = times[cases[5][0]]
 
