@@ -2,14 +2,16 @@
 
 ``OneStageDetector`` wires :class:`~lightning_modules.models.DenseDetectorModel` (backbone,
 FPN/PAN neck, dense anchor-free head) to a :class:`detlosses.DetectionCriterion` built from a
-recipe name or a component config, and evaluates with :func:`detlosses.nms.multiclass_nms`
+recipe name or a component config, and evaluates with an ``NMS`` registry module (``MultiClassNMS``)
 and :func:`detlosses.evaluation.coco_evaluate`. Nothing here re-implements a loss, an
 assigner or NMS.
 
 Batches are ``(images (B, 3, S, S), targets)`` as produced by
 :class:`~lightning_modules.data.COCODataModule`; each target carries ``image_id``,
 ``orig_size (h, w)``, ``scale`` and ``pad (x, y)`` so that detections map back to the original
-image as ``(xy - pad) / scale``.
+image as ``(xy - pad) / scale``. Before NMS, boxes are clipped to the image region of the
+letterboxed input (``pad`` to ``pad + size * scale``), so that no detection lies in the padding;
+boxes that end up empty are dropped and counted (``val/dropped_boxes``).
 """
 
 from __future__ import annotations
@@ -25,13 +27,23 @@ import torch.distributed as dist
 import detlosses.assigners  # noqa: F401  (registers the assigners the recipes name)
 from detlosses.criterion import DetectionCriterion
 from detlosses.evaluation import STAT_NAMES
-from detlosses.nms import Detections, multiclass_nms
+from detlosses.nms import Detections
+from detlosses.registry import NMS
 
 from .models import DenseDetectorModel, DenseOutput
 
-__all__ = ["OneStageDetector", "build_criterion", "coco_results", "warmup_cosine_factor"]
+__all__ = [
+    "OneStageDetector",
+    "build_criterion",
+    "clip_to_regions",
+    "coco_results",
+    "image_regions",
+    "to_original",
+    "warmup_cosine_factor",
+]
 
 OPTIMIZERS = ("adamw", "sgd")
+DEFAULT_NMS = {"type": "MultiClassNMS", "score_thr": 0.01, "iou_thr": 0.6, "max_det": 100, "pre_nms_topk": 1000}
 
 
 def build_criterion(
@@ -90,6 +102,37 @@ def coco_results(det: Detections, image_id: int, category_ids: Sequence[int] | N
     ]
 
 
+def image_regions(targets: Sequence[Mapping[str, Any]], device: torch.device | None = None) -> torch.Tensor:
+    """``(B, 4)`` xyxy region of each original image inside its letterboxed network input:
+    ``pad`` to ``pad + (w, h) * scale``, from the targets' ``pad``, ``scale`` and ``orig_size (h, w)``."""
+    rows = []
+    for target in targets:
+        (h, w), scale, (pad_x, pad_y) = target["orig_size"], float(target["scale"]), target["pad"]
+        rows.append((pad_x, pad_y, pad_x + float(w) * scale, pad_y + float(h) * scale))
+    return torch.tensor(rows, dtype=torch.float32, device=device).reshape(-1, 4)
+
+
+def clip_to_regions(boxes: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """``boxes (B, A, 4)`` xyxy clipped to ``regions (B, 4)`` xyxy, one region per image."""
+    low = regions[:, None, [0, 1, 0, 1]]  # (B, 1, 4)
+    high = regions[:, None, [2, 3, 2, 3]]
+    return torch.minimum(torch.maximum(boxes, low), high)
+
+
+def to_original(det: Detections, target: Mapping[str, Any]) -> tuple[Detections, int]:
+    """``det`` mapped from network-input pixels to the original image, ``(xy - pad) / scale``,
+    clamped to it; boxes left with no width or height are dropped. Returns the detections and the
+    number dropped."""
+    h, w = (float(v) for v in target["orig_size"])
+    pad = det.boxes.new_tensor(tuple(target["pad"])).repeat(2)  # (4,) x, y, x, y
+    boxes = (det.boxes.float() - pad) / float(target["scale"])
+    boxes = torch.minimum(boxes.clamp(min=0), boxes.new_tensor((w, h)).repeat(2))  # (K, 4)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # (K,)
+    if bool(keep.all()):
+        return Detections(boxes=boxes, scores=det.scores, labels=det.labels), 0
+    return Detections(boxes=boxes[keep], scores=det.scores[keep], labels=det.labels[keep]), int((~keep).sum())
+
+
 class OneStageDetector(pl.LightningModule):
     """Dense anchor-free detector trained with a ``DetectionCriterion``.
 
@@ -109,8 +152,9 @@ class OneStageDetector(pl.LightningModule):
             to ``lr * min_lr_ratio`` at the last step. Stepped every optimiser step.
         warmup_start: learning-rate factor at step 0 of the warm-up.
         min_lr_ratio: final learning-rate factor of the cosine decay.
-        score_thr, iou_thr, max_det, pre_nms_topk: :func:`detlosses.nms.multiclass_nms`
-            settings for validation and prediction.
+        nms: ``NMS`` registry config for validation and prediction, merged over
+            ``{"type": "MultiClassNMS", "score_thr": 0.01, "iou_thr": 0.6, "max_det": 100,
+            "pre_nms_topk": 1000}`` (so ``{"score_thr": 0.001}`` changes only that).
         class_names: class names in contiguous order (filled from the data module if None).
         category_ids: COCO category id of each contiguous class (same).
     """
@@ -129,10 +173,7 @@ class OneStageDetector(pl.LightningModule):
         warmup_epochs: float = 1.0,
         warmup_start: float = 0.01,
         min_lr_ratio: float = 0.05,
-        score_thr: float = 0.01,
-        iou_thr: float = 0.6,
-        max_det: int = 100,
-        pre_nms_topk: int = 1000,
+        nms: dict[str, Any] | None = None,
         class_names: list[str] | None = None,
         category_ids: list[int] | None = None,
     ) -> None:
@@ -147,6 +188,7 @@ class OneStageDetector(pl.LightningModule):
         self.save_hyperparameters()
         self.model = DenseDetectorModel(num_classes, size=size, reg_max=reg_max, head=head)
         self.criterion = build_criterion(criterion, num_classes, reg_max)
+        self.nms = NMS.build({**DEFAULT_NMS, **(nms or {})})
         self._val_preds: dict[int, list[dict[str, Any]]] = {}
 
     # ------------------------------------------------------------------ set-up
@@ -221,22 +263,24 @@ class OneStageDetector(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ inference
-    def _detect(self, out: DenseOutput) -> list[Detections]:
-        hp = self.hparams
-        return multiclass_nms(
-            out.box_preds.float(), out.cls_logits.float().sigmoid(),
-            score_thr=hp.score_thr, iou_thr=hp.iou_thr, max_det=hp.max_det, pre_nms_topk=hp.pre_nms_topk,
-        )
+    def _detect(self, out: DenseOutput, targets: Sequence[Mapping[str, Any]]) -> tuple[list[Detections], int]:
+        """Detections in network-input pixels, clipped to each image's region before NMS, and the
+        number of candidate boxes dropped because nothing of them lies inside the image."""
+        boxes = clip_to_regions(out.box_preds.float(), image_regions(targets, out.box_preds.device))  # (B, A, 4)
+        empty = (boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1])  # (B, A)
+        scores = out.cls_logits.float().sigmoid()  # (B, A, C)
+        dropped = int((empty & (scores.amax(-1) > self.nms.score_thr)).sum())
+        return self.nms(boxes, scores.masked_fill(empty[..., None], 0.0)), dropped
 
-    @staticmethod
-    def _to_original(det: Detections, target: Mapping[str, Any]) -> Detections:
-        """Map ``det`` from network-input pixels to the original image: ``(xy - pad) / scale``."""
-        h, w = (float(v) for v in target["orig_size"])
-        pad = det.boxes.new_tensor(tuple(target["pad"])).repeat(2)  # (4,) x, y, x, y
-        boxes = (det.boxes - pad) / float(target["scale"])
-        limit = det.boxes.new_tensor((w, h)).repeat(2)
-        boxes = torch.minimum(boxes.clamp(min=0), limit)  # (K, 4)
-        return Detections(boxes=boxes, scores=det.scores, labels=det.labels)
+    def detect(self, out: DenseOutput, targets: Sequence[Mapping[str, Any]]) -> tuple[list[Detections], int]:
+        """Detections in original image pixels and the number of boxes dropped as empty."""
+        dets, dropped = self._detect(out, targets)
+        mapped = []
+        for det, target in zip(dets, targets, strict=True):
+            det, n = to_original(det, target)
+            mapped.append(det)
+            dropped += n
+        return mapped, dropped
 
     def validation_step(self, batch: tuple[torch.Tensor, list[dict[str, Any]]], batch_idx: int) -> None:
         images, targets = batch
@@ -245,11 +289,11 @@ class OneStageDetector(pl.LightningModule):
         self.log_dict(
             {f"val/{k}": v.float() for k, v in losses.items()}, batch_size=len(images), sync_dist=True
         )
-        for det, target in zip(self._detect(out), targets, strict=True):
+        dets, dropped = self.detect(out, targets)
+        self.log("val/dropped_boxes", float(dropped), reduce_fx="sum", batch_size=len(images), sync_dist=True)
+        for det, target in zip(dets, targets, strict=True):
             image_id = int(target["image_id"])
-            self._val_preds[image_id] = coco_results(
-                self._to_original(det, target), image_id, self.hparams.get("category_ids")
-            )
+            self._val_preds[image_id] = coco_results(det, image_id, self.hparams.get("category_ids"))
 
     def on_validation_epoch_start(self) -> None:
         self._val_preds = {}
@@ -288,5 +332,4 @@ class OneStageDetector(pl.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[Detections]:
         """Detections per image in original image pixels (boxes xyxy, scores, contiguous labels)."""
         images, targets = batch
-        dets = self._detect(self.model(images))
-        return [self._to_original(det, target) for det, target in zip(dets, targets, strict=True)]
+        return self.detect(self.model(images), targets)[0]

@@ -11,7 +11,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from detlosses.nms import Detections
 from lightning_modules import COCODataModule, OneStageDetector
-from lightning_modules.detector import build_criterion, coco_results, warmup_cosine_factor
+from lightning_modules.detector import build_criterion, coco_results, to_original, warmup_cosine_factor
+from lightning_modules.models import DenseOutput
 from lightning_modules.shapes import make_shapes
 
 IMAGE_SIZE = 64
@@ -91,15 +92,90 @@ def test_to_original_and_coco_results_by_hand():
         scores=torch.tensor([0.9, 0.4]),
         labels=torch.tensor([1, 0]),
     )
-    mapped = OneStageDetector._to_original(det, target)
+    mapped, dropped = to_original(det, target)
     # (3.2 - 0) / 0.32 = 10, (19.2 - 16) / 0.32 = 10, 35.2 / 0.32 = 110, (35.2 - 16) / 0.32 = 60;
     # second box: (-5 / 0.32 -> clip 0, (10 - 16) / 0.32 -> clip 0, 70 / 0.32 = 218.75 -> clip 200,
     # (60 - 16) / 0.32 = 137.5 -> clip 100).
     torch.testing.assert_close(mapped.boxes, torch.tensor([[10.0, 10.0, 110.0, 60.0], [0.0, 0.0, 200.0, 100.0]]))
+    assert dropped == 0
     results = coco_results(mapped, 7, category_ids=[5, 9])
     assert [r["category_id"] for r in results] == [9, 5]
     assert results[0]["image_id"] == 7 and results[0]["score"] == pytest.approx(0.9)
     assert results[0]["bbox"] == pytest.approx([10.0, 10.0, 100.0, 50.0])  # x, y, w = 110 - 10, h = 60 - 10
+
+
+class FixedOutputModel(torch.nn.Module):
+    """Stands in for the network: the same two-class dense output for every image."""
+
+    def __init__(self, boxes: torch.Tensor, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.boxes, self.logits = boxes, logits
+
+    def forward(self, images):
+        batch, num = len(images), len(self.boxes)
+        return DenseOutput(
+            cls_logits=self.logits.expand(batch, num, 2),
+            box_dist_logits=torch.zeros(batch, num, 4 * 17),
+            box_preds=self.boxes.expand(batch, num, 4),
+            anchor_points=torch.zeros(num, 2),
+            strides=torch.full((num,), 8.0),
+        )
+
+
+# Letterbox of a 200 x 100 landscape (w x h) and a 100 x 200 portrait image onto 64 px:
+# scale 0.32; landscape pad (0, 16), region y 16..48; portrait pad (16, 0), region x 16..48.
+LANDSCAPE = {"orig_size": (100, 200), "scale": 0.32, "pad": (0.0, 16.0), "image_id": 1}
+PORTRAIT = {"orig_size": (200, 100), "scale": 0.32, "pad": (16.0, 0.0), "image_id": 2}
+# Network-pixel boxes: inside both regions, across a border, wholly in the top-left padding
+# corner (outside both regions), and on the landscape image's top border line (zero height there).
+PLACED = torch.tensor(
+    [
+        [20.0, 20.0, 36.0, 40.0],  # inside
+        [-8.0, 30.0, 24.0, 70.0],  # crosses the left and bottom borders
+        [0.0, 0.0, 10.0, 10.0],  # corner padding: empty in both regions
+        [30.0, 4.0, 40.0, 16.0],  # landscape: ends on y = 16, the region's top edge -> empty
+    ]
+)
+LOGITS = torch.tensor([[4.0, -9.0], [-9.0, 3.0], [5.0, -9.0], [-9.0, 2.0]])
+
+
+def test_predictions_clip_to_the_image_and_map_back_on_non_square_images():
+    model = OneStageDetector(2, nms={"score_thr": 0.05, "iou_thr": 0.99})
+    model.model = FixedOutputModel(PLACED, LOGITS)
+    landscape, portrait = model.predict_step((torch.zeros(2, 3, 64, 64), [LANDSCAPE, PORTRAIT]), 0)
+    # Landscape (clip to x 0..64, y 16..48, then (xy - (0, 16)) / 0.32):
+    #   inside -> (62.5, 12.5, 112.5, 75); border box -> clip (0, 30, 24, 48) -> (0, 43.75, 75, 100);
+    #   corner and top-edge boxes are empty and dropped.
+    torch.testing.assert_close(landscape.boxes, torch.tensor([[62.5, 12.5, 112.5, 75.0], [0.0, 43.75, 75.0, 100.0]]))
+    torch.testing.assert_close(landscape.labels, torch.tensor([0, 1]))
+    # Portrait (clip to x 16..48, y 0..64, then (xy - (16, 0)) / 0.32):
+    #   inside -> (12.5, 62.5, 62.5, 125); border box -> clip (16, 30, 24, 64) -> (0, 93.75, 25, 200);
+    #   top-edge box -> (30, 4, 40, 16) is inside x 16..48 -> (43.75, 12.5, 75, 50); corner dropped.
+    torch.testing.assert_close(
+        portrait.boxes,
+        torch.tensor([[12.5, 62.5, 62.5, 125.0], [0.0, 93.75, 25.0, 200.0], [43.75, 12.5, 75.0, 50.0]]),
+    )
+    torch.testing.assert_close(portrait.labels, torch.tensor([0, 1, 1]))
+    for det, (h, w) in ((landscape, (100, 200)), (portrait, (200, 100))):
+        results = coco_results(det, 0)
+        assert all(r["bbox"][2] > 0 and r["bbox"][3] > 0 for r in results)
+        assert all(r["bbox"][0] + r["bbox"][2] <= w and r["bbox"][1] + r["bbox"][3] <= h for r in results)
+
+
+def test_empty_boxes_are_counted():
+    model = OneStageDetector(2, nms={"score_thr": 0.05, "iou_thr": 0.99})
+    model.model = FixedOutputModel(PLACED, LOGITS)
+    out = model.model(torch.zeros(2, 3, 64, 64))
+    _, dropped = model.detect(out, [LANDSCAPE, PORTRAIT])
+    assert dropped == 3  # corner box twice, top-edge box on the landscape image
+
+
+def test_a_degenerate_box_left_by_the_mapping_is_dropped():
+    # A box 1e-6 px wide in network pixels whose mapped width rounds to 0 in float32 at x = 2e4.
+    target = {"orig_size": (10, 30000), "scale": 1.0, "pad": (0.0, 0.0)}
+    det = Detections(torch.tensor([[20000.0, 0.0, 20000.0 + 1e-6, 5.0]]), torch.tensor([0.5]), torch.tensor([0]))
+    mapped, dropped = to_original(det, target)
+    assert len(mapped.boxes) == 0 and dropped == 1
 
 
 # --------------------------------------------------------------------------- short fits
@@ -179,12 +255,8 @@ def test_nan_loss_stops_and_never_checkpoints(shapes, tmp_path, monkeypatch):
 class OracleDetector(OneStageDetector):
     """Predicts the ground truth of each batch, so validation must give AP = 1."""
 
-    def validation_step(self, batch, batch_idx):
-        self._targets = batch[1]
-        return super().validation_step(batch, batch_idx)
-
-    def _detect(self, out):
-        return [Detections(t["boxes"], torch.ones(len(t["labels"])), t["labels"]) for t in self._targets]
+    def _detect(self, out, targets):
+        return [Detections(t["boxes"], torch.ones(len(t["labels"])), t["labels"]) for t in targets], 0
 
 
 def test_validation_maps_boxes_back_exactly(shapes):
@@ -200,7 +272,7 @@ def test_validation_maps_boxes_back_exactly(shapes):
 
 def test_predict_returns_detections_in_original_pixels(shapes):
     dm = _datamodule(shapes, image_size=96)
-    model = OneStageDetector(dm.num_classes, score_thr=0.0)
+    model = OneStageDetector(dm.num_classes, nms={"score_thr": 0.0})
     batches = _trainer().predict(model, datamodule=dm)
     dets = [det for batch in batches for det in batch]
     assert len(dets) == 5

@@ -36,7 +36,7 @@ def trained(tmp_path_factory):
     )  # fmt: skip
     pl.seed_everything(0)
     # score_thr 0: every image keeps max_det boxes, so AP and recall are above 0 this early
-    model = OneStageDetector(dm.num_classes, lr=4e-3, warmup_epochs=0.0, score_thr=0.0)
+    model = OneStageDetector(dm.num_classes, lr=4e-3, warmup_epochs=0.0, nms={"score_thr": 0.0})
     options = {
         "accelerator": "cpu", "logger": False, "enable_checkpointing": False,
         "enable_progress_bar": False, "enable_model_summary": False,

@@ -1,8 +1,9 @@
 """Throughput of the reference detector on CPU: a training step and inference, images per second.
 
 Training step = forward + ``DetectionCriterion`` (assignment and losses) + backward + AdamW step;
-inference = forward + sigmoid + ``detlosses.nms.multiclass_nms`` with the detector's default
-settings. Synthetic batches: uniform-noise images and ``--boxes`` random boxes per image.
+inference = ``OneStageDetector.predict_step``: forward, sigmoid, clipping to the image and the
+detector's default NMS, mapped back to original pixels. Synthetic batches: uniform-noise images
+and ``--boxes`` random boxes per image.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def _batch(args: argparse.Namespace, generator: torch.Generator) -> tuple[torch.
         wh = (0.05 + 0.3 * torch.rand(n, 2, generator=generator)) * size
         boxes = torch.cat([xy, (xy + wh).clamp(max=size)], dim=1)  # (n, 4) xyxy
         labels = torch.randint(0, args.num_classes, (n,), generator=generator)
-        targets.append({"boxes": boxes, "labels": labels})
+        letterbox = {"orig_size": (size, size), "scale": 1.0, "pad": (0.0, 0.0)}  # square: no padding
+        targets.append({"boxes": boxes, "labels": labels, **letterbox})
     return images, targets
 
 
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
         def infer(detector=detector) -> None:
             with torch.inference_mode(), autocast:
-                detector._detect(detector.model(images))
+                detector.predict_step((images, targets), 0)
 
         detector.train()
         train_s = _seconds_per_call(train_step, args.iters)
