@@ -1,0 +1,126 @@
+"""Reading a COCO annotation json and its images, and cleaning its boxes.
+
+Annotation hygiene (done once when a dataset is built): ``iscrowd`` boxes are ignored
+(pycocotools does not count them either); boxes are clipped to the image; boxes that are
+non-finite or have w or h <= 1 px after clipping are dropped; both are counted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "MIN_BOX_SIZE",
+    "clean_boxes",
+    "decode_image",
+    "list_files",
+    "read_annotations",
+    "read_categories",
+    "read_image_size",
+    "sorted_categories",
+]
+
+MIN_BOX_SIZE = 1.0  # json boxes with w or h <= this (pixels, after clipping) are dropped
+_MAX_LISTED_FILES = 10  # file names listed in one message
+
+
+def read_annotations(ann_file: str | os.PathLike) -> dict:
+    """The COCO json of ``ann_file``; FileNotFoundError / ValueError name the file."""
+    if not os.path.isfile(ann_file):
+        raise FileNotFoundError(f"annotation file not found: {ann_file}")
+    with open(ann_file) as f:
+        try:
+            coco = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"annotation file {ann_file} is not valid JSON: {e}") from e
+    for key in ("images", "categories"):
+        if not isinstance(coco, dict) or key not in coco:
+            raise ValueError(f"annotation file {ann_file} has no {key!r} list")
+    return coco
+
+
+def sorted_categories(coco: dict, ann_file: str | os.PathLike) -> list[dict]:
+    cats = sorted(coco["categories"], key=lambda c: c["id"])
+    ids = [c["id"] for c in cats]
+    if not cats:
+        raise ValueError(f"annotation file {ann_file} has no categories")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"annotation file {ann_file} has duplicate category ids: {ids}")
+    return cats
+
+
+def read_categories(ann_file: str | os.PathLike) -> list[dict]:
+    """COCO categories of ``ann_file`` sorted by id: list position = contiguous index."""
+    return sorted_categories(read_annotations(ann_file), ann_file)
+
+
+def list_files(paths: Sequence[str]) -> str:
+    more = len(paths) - _MAX_LISTED_FILES
+    return ", ".join(paths[:_MAX_LISTED_FILES]) + (f" and {more} more" if more > 0 else "")
+
+
+def decode_image(path: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; FileNotFoundError / ValueError naming ``path``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"cannot decode image {path}: {e}") from e
+
+
+def read_image_size(path: str) -> tuple[int, int]:
+    """(h, w) from the file header, for json images without width/height."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot decode image {path}: {e}") from e
+
+
+def clean_boxes(
+    anns: Sequence[dict], height: int, width: int, cat_index: dict[int, int], ann_file: str
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Clipped (n, 4) float32 COCO xywh boxes, (n,) labels, #clipped, #dropped."""
+    boxes, labels, clipped, dropped = [], [], 0, 0
+    for ann in anns:
+        if ann.get("iscrowd", 0):
+            continue
+        if ann["category_id"] not in cat_index:
+            raise ValueError(
+                f"{ann_file}: annotation {ann.get('id')} has unknown category_id "
+                f"{ann['category_id']}"
+            )
+        bbox = ann.get("bbox")
+        try:
+            x, y, w, h = (float(v) for v in bbox)
+        except (TypeError, ValueError):
+            dropped += 1
+            continue
+        if not all(math.isfinite(v) for v in (x, y, w, h)):
+            dropped += 1
+            continue
+        x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+        x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+        if x1 - x0 <= MIN_BOX_SIZE or y1 - y0 <= MIN_BOX_SIZE:
+            dropped += 1
+            continue
+        clipped += (x0, y0, x1, y1) != (x, y, x + w, y + h)
+        boxes.append((x0, y0, x1 - x0, y1 - y0))
+        labels.append(cat_index[ann["category_id"]])
+    return (
+        np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        np.asarray(labels, dtype=np.int64),
+        clipped,
+        dropped,
+    )
+
