@@ -323,10 +323,12 @@ class OneStageDetector(pl.LightningModule):
     def _coco_stats(self, predictions: list[dict[str, Any]]) -> dict[str, float]:
         from detlosses.evaluation import coco_evaluate
 
-        ann = getattr(getattr(self.trainer, "datamodule", None), "val_ann", None)
-        if ann is None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        # the data module's parsed json (read once per run), else its annotation file
+        ground_truth = getattr(datamodule, "val_coco", None) or getattr(datamodule, "val_ann", None)
+        if ground_truth is None:
             raise ValueError("validation needs the COCO ground truth: a data module with a val_ann attribute")
-        report = coco_evaluate(ann, predictions, classwise=False)
+        report = coco_evaluate(ground_truth, predictions, classwise=False)
         return {k: float(report.stats[k]) for k in STAT_NAMES}
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[Detections]:

@@ -10,11 +10,17 @@ module (read from the annotation file in its ``__init__``). Checkpoints always g
 validation, and ``best-*.ckpt``, the best by ``val/AP``), whatever the
 logger's version directory, so ``--ckpt_path last`` resumes a killed run from its own
 directory; ``config.yaml`` is overwritten on resume.
+
+Bad configuration or data is found before training starts: the classes are instantiated and
+the data sets built (every image file checked, see :class:`~lightning_modules.data.COCODataModule`)
+first, and a problem there ends the command with exit code 2 and one message naming it, without
+a traceback. Anything that goes wrong later is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -22,7 +28,15 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from .data import COCODataModule
 from .detector import OneStageDetector
 
-__all__ = ["DetectorCLI", "build_cli", "checkpoint_dir", "main"]
+__all__ = ["DetectorCLI", "SetupError", "build_cli", "checkpoint_dir", "main"]
+
+PROG = "detlosses-train"
+EXIT_SETUP_ERROR = 2  # as argparse's usage errors
+_SETUP_ERRORS = (ValueError, KeyError, FileNotFoundError)
+
+
+class SetupError(Exception):
+    """A configuration or data problem found before training starts (exit code 2, no traceback)."""
 
 
 def checkpoint_dir(default_root_dir: str | os.PathLike | None) -> str:
@@ -57,6 +71,22 @@ class DetectorCLI(LightningCLI):
         for key in ("checkpoint", "last_checkpoint"):
             parser.link_arguments("trainer.default_root_dir", f"{key}.dirpath", compute_fn=checkpoint_dir)
 
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer, check that they fit together, and build the data sets,
+        so that bad configuration or data stops the command before training starts."""
+        try:
+            super().instantiate_classes()
+            stride = max(self.model.model.strides)
+            if self.datamodule.image_size % stride:
+                raise ValueError(
+                    f"data.image_size must be a multiple of the model's largest stride {stride}, "
+                    f"got {self.datamodule.image_size}"
+                )
+            subcommand = self.config.get("subcommand")
+            self.datamodule.setup("fit" if subcommand in (None, "fit") else "validate")
+        except _SETUP_ERRORS as e:
+            raise SetupError(e.args[0] if isinstance(e, KeyError) and e.args else str(e)) from e
+
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> DetectorCLI:
     """Parse ``args`` (``sys.argv`` when None) and, with ``run``, execute the subcommand."""
@@ -70,8 +100,13 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> DetectorCLI:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console-script entry point (``detlosses-train``)."""
-    build_cli(args)
+    """Console-script entry point (``detlosses-train``): a configuration or data problem exits
+    with code 2 and its message; any other error keeps its traceback."""
+    try:
+        build_cli(args)
+    except SetupError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_SETUP_ERROR)
 
 
 if __name__ == "__main__":

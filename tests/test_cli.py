@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -166,3 +168,81 @@ def test_ddp_fit_and_validate_match_one_process(shapes, tmp_path):
         results[name] = {key: _logged(out, key) for key in ("val/AP", "val/AP50", "val/AR100")}
     assert results["ddp"] == results["single"]
     assert len(results["single"]["val/AP"]) == 1
+
+
+# --------------------------------------------------------------------------- bad configuration or data
+def _bad_setup(capsys, args: list[str]) -> str:
+    """Runs the CLI in-process; it must exit 2 before training with one message and no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "detlosses-train: error: " in err
+    return err
+
+
+def _copy_shapes(shapes, root: Path) -> dict[str, str]:
+    """A private copy of the shapes data that a test may break."""
+    copy = {}
+    for key in ("train_images", "val_images"):
+        copy[key] = str(root / key)
+        shutil.copytree(shapes[key], copy[key])
+    for key in ("train_ann", "val_ann"):
+        copy[key] = str(root / f"{key}.json")
+        shutil.copy(shapes[key], copy[key])
+    return copy
+
+
+def _edit_json(path: str, edit) -> None:
+    coco = json.loads(Path(path).read_text())
+    edit(coco)
+    Path(path).write_text(json.dumps(coco))
+
+
+def test_bad_data_exits_2_before_training(shapes, tmp_path, capsys):
+    data = _copy_shapes(shapes, tmp_path)
+    val_files = sorted(Path(data["val_images"]).iterdir())
+    val_files[0].unlink()  # a missing image
+    raw = val_files[1].read_bytes()
+    val_files[1].write_bytes(raw[: len(raw) - 200])  # a truncated one
+    err = _bad_setup(capsys, ["fit", *_args(data, tmp_path / "out")])
+    assert "2 of 5 images cannot be used" in err
+    assert f"image file not found: {val_files[0]}" in err and f"{val_files[1].name}" in err
+    assert not (tmp_path / "out" / "checkpoints").exists()  # nothing trained
+
+
+@pytest.mark.parametrize(
+    "break_data, message",
+    [
+        (lambda d: _edit_json(d["train_ann"], lambda c: c["annotations"][0].update(category_id=99)),
+         "unknown category_id 99"),
+        (lambda d: _edit_json(d["train_ann"], lambda c: c["categories"].pop()), "has category ids"),
+        (lambda d: os.remove(d["val_ann"]), "annotation file not found"),
+        (lambda d: shutil.rmtree(d["train_images"]), "train_images: image folder not found"),
+    ],
+    ids=["unknown-category", "train-val-categories-differ", "missing-annotations", "missing-image-folder"],
+)  # fmt: skip
+def test_bad_annotations_exit_2(shapes, tmp_path, capsys, break_data, message):
+    data = _copy_shapes(shapes, tmp_path)
+    break_data(data)
+    assert message in _bad_setup(capsys, ["fit", *_args(data, tmp_path / "out")])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model.head", "bogus"], "head must be one of ('tood', 'decoupled'), got 'bogus'"),
+        (["--data.image_size", "50"], "data.image_size must be a multiple of the model's largest stride 32, got 50"),
+    ],
+)
+def test_bad_configuration_exits_2(shapes, tmp_path, capsys, extra, message):
+    assert message in _bad_setup(capsys, ["fit", *_args(shapes, tmp_path / "out"), *extra])
+
+
+def test_an_internal_error_keeps_its_traceback(shapes, tmp_path, monkeypatch):
+    def broken_step(self, batch, batch_idx):
+        raise RuntimeError("a bug in the training step")
+
+    monkeypatch.setattr(OneStageDetector, "training_step", broken_step)
+    with pytest.raises(RuntimeError, match="a bug in the training step"):
+        main(["fit", *_args(shapes, tmp_path / "out"), "--trainer.max_steps", "1"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader
 from lightning_modules.data import (
     COCODataModule,
     COCODetectionDataset,
+    DataError,
     collate_fn,
     seed_worker,
 )
@@ -255,7 +257,7 @@ def test_unknown_category_raises(tmp_path):
 def test_missing_image_raises_or_is_skipped(tmp_path):
     images = [("here.png", _rect_image(50, 50, [])), ("gone.png", None)]
     data = _write_coco(tmp_path, images, [])
-    with pytest.raises(FileNotFoundError, match=r"gone\.png"):
+    with pytest.raises(DataError, match=r"1 of 2 images cannot be used:\n  image file not found: .*gone\.png"):
         COCODetectionDataset(*data, image_size=32)
     with pytest.warns(UserWarning, match=r"gone\.png"):
         ds = COCODetectionDataset(*data, image_size=32, skip_bad_images=True)
@@ -263,21 +265,38 @@ def test_missing_image_raises_or_is_skipped(tmp_path):
     assert ds.skipped_images == [os.path.join(data[1], "gone.png")]
 
 
-def test_corrupt_image_raises_or_is_skipped(tmp_path):
+def test_corrupt_image_raises_or_is_skipped_when_built(tmp_path):
     images = [("bad.jpg", b"\xff\xd8 not a jpeg"), ("good.png", _rect_image(50, 50, []))]
     data = _write_coco(tmp_path, images, [])
-    ds = COCODetectionDataset(*data, image_size=32)  # found when read
-    with pytest.raises(ValueError, match=r"bad\.jpg"):
-        ds[0]
-    ds = COCODetectionDataset(*data, image_size=32, skip_bad_images=True)
+    with pytest.raises(DataError, match=r"cannot decode image .*bad\.jpg"):
+        COCODetectionDataset(*data, image_size=32)
     with pytest.warns(UserWarning, match=r"bad\.jpg"):
-        _, target = ds[0]
-    assert target["image_id"] == 20  # the next readable image takes its place
-    with pytest.raises(ValueError, match=r"bad\.jpg"):  # cached: found when built
-        COCODetectionDataset(*data, image_size=32, cache_images=True)
-    with pytest.warns(UserWarning, match=r"bad\.jpg"):
-        ds = COCODetectionDataset(*data, image_size=32, cache_images=True, skip_bad_images=True)
+        ds = COCODetectionDataset(*data, image_size=32, skip_bad_images=True)
     assert ds.image_ids == [20]
+
+
+def _jpeg_bytes(height: int, width: int) -> bytes:
+    buffer = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)  # kilobytes of scan data
+    Image.fromarray(noise).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_truncated_jpeg_is_found_when_built(tmp_path):
+    whole = _jpeg_bytes(50, 50)  # the size _write_coco gives byte images
+    assert whole.endswith(b"\xff\xd9")
+    images = [("cut.jpg", whole[:-100]), ("whole.jpg", whole)]  # the header decodes, the end is gone
+    data = _write_coco(tmp_path, images, [])
+    with pytest.raises(DataError, match=r"1 of 2 images cannot be used:\n  image .*cut\.jpg is truncated"):
+        COCODetectionDataset(*data, image_size=32)
+
+
+def test_every_unusable_image_is_named_in_one_error(tmp_path):
+    images = [(f"gone{i}.png", None) for i in range(7)] + [("here.png", _rect_image(50, 50, []))]
+    data = _write_coco(tmp_path, images, [])
+    listed = r"7 of 8 images cannot be used:(\n  image file not found: \S+){5}\n  and 2 more"
+    with pytest.raises(DataError, match=listed):
+        COCODetectionDataset(*data, image_size=32)
 
 
 def test_corrupt_image_without_json_size_raises_when_built(tmp_path):
@@ -292,8 +311,8 @@ def test_image_size_disagreeing_with_json_raises(tmp_path):
     coco["images"][0]["width"] = 21
     with open(data[0], "w") as f:
         json.dump(coco, f)
-    with pytest.raises(ValueError, match=r"a\.png is 20x30 pixels but its annotation says 21x30"):
-        COCODetectionDataset(*data)[0]
+    with pytest.raises(DataError, match=r"a\.png is 20x30 pixels but its annotation says 21x30"):
+        COCODetectionDataset(*data)
 
 
 # ---------------------------------------------------------------------------- loaders

@@ -7,7 +7,7 @@
 * :mod:`.datamodule` — ``COCODataModule``.
 """
 
-from .annotations import read_annotations, read_categories
+from .annotations import DataError, read_annotations, read_categories
 from .datamodule import COCODataModule
 from .dataset import COCODetectionDataset, collate_fn, seed_worker
 from .transforms import Letterbox, build_transforms
@@ -15,6 +15,7 @@ from .transforms import Letterbox, build_transforms
 __all__ = [
     "COCODataModule",
     "COCODetectionDataset",
+    "DataError",
     "Letterbox",
     "build_transforms",
     "collate_fn",

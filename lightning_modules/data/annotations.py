@@ -17,6 +17,8 @@ from PIL import Image
 
 __all__ = [
     "MIN_BOX_SIZE",
+    "DataError",
+    "check_image_file",
     "clean_boxes",
     "decode_image",
     "list_files",
@@ -28,6 +30,12 @@ __all__ = [
 
 MIN_BOX_SIZE = 1.0  # json boxes with w or h <= this (pixels, after clipping) are dropped
 _MAX_LISTED_FILES = 10  # file names listed in one message
+_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}  # a complete file has one in its last bytes
+_TAIL_BYTES = 1024  # JPEG writers may pad after the end-of-image marker
+
+
+class DataError(ValueError):
+    """Images or annotations that cannot be used, named with their files."""
 
 
 def read_annotations(ann_file: str | os.PathLike) -> dict:
@@ -76,6 +84,27 @@ def decode_image(path: str) -> np.ndarray:
         raise ValueError(f"cannot decode image {path}: {e}") from e
 
 
+def check_image_file(path: str, size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """``(h, w)`` of the image at ``path`` from its header, after checking that it exists, that its
+    header decodes, that it is ``size`` (h, w) when given, and that a JPEG or PNG file is complete
+    (ends with its end marker: a truncated download fails here, not in the middle of training).
+
+    Raises FileNotFoundError or ValueError naming ``path``. Reads the header and the last
+    kilobyte only, so checking a large data set takes seconds.
+    """
+    height, width = read_image_size(path)
+    if size is not None and (height, width) != tuple(size):
+        raise ValueError(f"image {path} is {width}x{height} pixels but its annotation says {size[1]}x{size[0]}")
+    with Image.open(path) as im:
+        marker = _END_MARKERS.get(im.format or "")
+    if marker is not None:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - _TAIL_BYTES))
+            if marker not in f.read():
+                raise ValueError(f"image {path} is truncated (no end-of-image marker)")
+    return height, width
+
+
 def read_image_size(path: str) -> tuple[int, int]:
     """(h, w) from the file header, for json images without width/height."""
     if not os.path.isfile(path):
@@ -96,7 +125,7 @@ def clean_boxes(
         if ann.get("iscrowd", 0):
             continue
         if ann["category_id"] not in cat_index:
-            raise ValueError(
+            raise DataError(
                 f"{ann_file}: annotation {ann.get('id')} has unknown category_id "
                 f"{ann['category_id']}"
             )

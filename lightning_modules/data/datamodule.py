@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from .annotations import read_categories
+from .annotations import DataError, read_annotations, sorted_categories
 from .dataset import COCODetectionDataset, collate_fn, seed_worker
 
 __all__ = ["COCODataModule"]
@@ -66,12 +68,16 @@ class COCODataModule(pl.LightningDataModule):
             raise ValueError(
                 f"scale_jitter must be (low, high), 0 < low <= high, got {scale_jitter}"
             )
+        for name, folder in (("train_images", train_images), ("val_images", val_images)):
+            if not os.path.isdir(folder):
+                raise DataError(f"{name}: image folder not found: {folder}")
         self.save_hyperparameters()
         self.train_ann, self.train_images = train_ann, train_images
         self.val_ann, self.val_images = val_ann, val_images
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.seed = seed
-        cats = read_categories(val_ann)
+        self.val_coco: dict = read_annotations(val_ann)  # read once: datasets and evaluation share it
+        cats = sorted_categories(self.val_coco, val_ann)
         self.category_ids: list[int] = [c["id"] for c in cats]
         self.class_names: list[str] = [c["name"] for c in cats]
         self.num_classes: int = len(cats)
@@ -90,6 +96,7 @@ class COCODataModule(pl.LightningDataModule):
             color_jitter=hp.color_jitter,
             mosaic=hp.mosaic,
             category_ids=self.category_ids,
+            coco=None if train else self.val_coco,
             skip_bad_images=hp.skip_bad_images,
             cache_images=hp.cache_images,
             seed=self.seed,

@@ -33,16 +33,19 @@ from torch.utils.data import Dataset
 
 from .annotations import (
     MIN_BOX_SIZE,
+    DataError,
+    check_image_file,
     clean_boxes,
     decode_image,
     list_files,
     read_annotations,
-    read_image_size,
     sorted_categories,
 )
 from .transforms import PAD_VALUE, bbox_params, build_transforms, set_compose_seed
 
 __all__ = ["COCODetectionDataset", "collate_fn", "seed_worker"]
+
+_MAX_LISTED_PROBLEMS = 5  # unusable images named in one error
 
 
 class COCODetectionDataset(Dataset):
@@ -62,6 +65,7 @@ class COCODetectionDataset(Dataset):
             the json's categories differ); default: the json's ids in increasing order.
         skip_bad_images: warn about and skip missing / undecodable images instead of
             raising.
+        coco: the json of ``ann_file`` when the caller has read it already (it is not re-read).
         cache_images: decode every image once when the dataset is built and keep it in
             memory (shared copy-on-write with forked DataLoader workers).
         seed: seed of the augmentation streams (re-seeded per worker by
@@ -82,6 +86,7 @@ class COCODetectionDataset(Dataset):
         skip_bad_images: bool = False,
         cache_images: bool = False,
         seed: int = 0,
+        coco: dict | None = None,
     ):
         if image_size < 1:
             raise ValueError(f"image_size must be >= 1, got {image_size}")
@@ -95,7 +100,7 @@ class COCODetectionDataset(Dataset):
         self.skip_bad_images = skip_bad_images
         self.skipped_images: list[str] = []
 
-        coco = read_annotations(self.ann_file)
+        coco = read_annotations(self.ann_file) if coco is None else coco
         cats = sorted_categories(coco, self.ann_file)
         json_ids = [c["id"] for c in cats]
         if category_ids is not None and sorted(category_ids) != json_ids:
@@ -125,20 +130,14 @@ class COCODetectionDataset(Dataset):
             anns_by_image.setdefault(ann["image_id"], []).append(ann)
         self.records: list[dict] = []
         self.num_clipped_boxes = self.num_dropped_boxes = 0
-        missing: list[str] = []
+        bad: list[tuple[str, str]] = []  # (path, problem) of every unusable image
         for img in coco["images"]:
             path = os.path.join(self.image_dir, img["file_name"])
+            size = (int(img["height"]), int(img["width"])) if "height" in img and "width" in img else None
             try:
-                if not os.path.isfile(path):
-                    raise FileNotFoundError(f"image file not found: {path}")
-                if "height" in img and "width" in img:
-                    height, width = int(img["height"]), int(img["width"])
-                else:
-                    height, width = read_image_size(path)
-            except (FileNotFoundError, ValueError):
-                if not self.skip_bad_images:
-                    raise
-                missing.append(path)
+                height, width = check_image_file(path, size)
+            except (FileNotFoundError, ValueError) as e:
+                bad.append((path, str(e)))
                 continue
             boxes, labels, clipped, dropped = clean_boxes(
                 anns_by_image.get(img["id"], []), height, width, cat_index, self.ann_file
@@ -149,8 +148,15 @@ class COCODetectionDataset(Dataset):
                 {"id": int(img["id"]), "path": path, "size": (height, width),
                  "boxes": boxes, "labels": labels}
             )  # fmt: skip
-        if missing:
-            self._skip(missing)
+        if bad and not self.skip_bad_images:
+            shown = "\n  ".join(problem for _, problem in bad[:_MAX_LISTED_PROBLEMS])
+            more = f"\n  and {len(bad) - _MAX_LISTED_PROBLEMS} more" if len(bad) > _MAX_LISTED_PROBLEMS else ""
+            raise DataError(
+                f"{self.ann_file}: {len(bad)} of {len(coco['images'])} images cannot be used:\n  {shown}{more}\n"
+                f"Fix or remove them, or skip them with skip_bad_images=True (data.skip_bad_images)."
+            )
+        if bad:
+            self._skip([path for path, _ in bad])
         if self.num_clipped_boxes or self.num_dropped_boxes:
             warnings.warn(
                 f"{self.ann_file}: clipped {self.num_clipped_boxes} boxes to their image and "
