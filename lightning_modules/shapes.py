@@ -31,7 +31,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPE_CATEGORIES", "make_shapes"]
+__all__ = ["SHAPE_CATEGORIES", "make_shapes", "tight_box"]
 
 #: COCO categories of the shapes set (non-contiguous ids on purpose).
 SHAPE_CATEGORIES: tuple[dict, ...] = (
@@ -138,7 +138,7 @@ def _draw_mask(rng: np.random.Generator, label: int, w: int, h: int) -> np.ndarr
     return np.asarray(canvas) > 0
 
 
-def _tight_box(mask: np.ndarray, x: int, y: int) -> list[float]:
+def tight_box(mask: np.ndarray, x: int, y: int) -> list[float]:
     """[x, y, w, h] of a patch mask placed at (x, y), in the COCO pixel-corner convention."""
     cols = np.flatnonzero(mask.any(axis=0))
     rows = np.flatnonzero(mask.any(axis=1))
@@ -198,7 +198,7 @@ def _render_image(
         window[mask] = len(objects)
         area = int(mask.sum())
         visible.append(area)
-        objects.append({"label": label, "bbox": _tight_box(mask, x, y), "area": float(area)})
+        objects.append({"label": label, "bbox": tight_box(mask, x, y), "area": float(area)})
     noise_std = rng.uniform(2.0, 10.0)  # uniform noise (cheaper to draw than Gaussian)
     image += (rng.random(image.shape, dtype=np.float32) - 0.5) * (noise_std * math.sqrt(12))
     return np.clip(image, 0, 255).astype(np.uint8), objects

@@ -20,7 +20,7 @@ from lightning_modules.data import (
     collate_fn,
     seed_worker,
 )
-from lightning_modules.shapes import _tight_box, make_shapes
+from lightning_modules.shapes import tight_box, make_shapes
 
 TARGET_KEYS = {"boxes", "labels", "image_id", "orig_size", "scale", "pad"}
 # distinct pure colours per category, so a box's label can be checked on the pixels
@@ -102,7 +102,7 @@ def test_tight_box_hand_mask():
     mask = np.zeros((10, 8), dtype=bool)
     mask[2:8, 3:6] = True  # rows 2..7, cols 3..5
     # placed at (x, y) = (10, 20): x = 10 + 3, y = 20 + 2, w = 5 + 1 - 3, h = 7 + 1 - 2
-    assert _tight_box(mask, 10, 20) == [13.0, 22.0, 3.0, 6.0]
+    assert tight_box(mask, 10, 20) == [13.0, 22.0, 3.0, 6.0]
 
 
 def test_make_shapes_deterministic_and_in_bounds(tmp_path):

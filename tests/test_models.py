@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_modules.models import DenseDetectorModel, DenseOutput
-from lightning_modules.models.head import _aligned_logits, _sample_sides
+from lightning_modules.models.head import aligned_logits, sample_sides
 
 HEADS = ("tood", "decoupled")
 NUM_CLASSES = 3
@@ -198,12 +198,12 @@ def test_parameter_counts_grow_with_size() -> None:
 def test_aligned_logits_are_logit_of_geometric_mean() -> None:
     x = torch.tensor([-30.0, -4.0, 0.0, 2.0, 30.0, 30.0]).view(1, 6, 1, 1)
     z = torch.tensor([0.0, 1.0, -3.0, 2.0, 0.0, 30.0]).view(1, 6, 1, 1)
-    out = _aligned_logits(x, z)
+    out = aligned_logits(x, z)
     # reference: p = sqrt(sigmoid(x) * sigmoid(z)), in float64
     p = (x.double().sigmoid() * z.double().sigmoid()).sqrt()
     torch.testing.assert_close(out.sigmoid().double(), p, atol=1e-6, rtol=1e-5)
     # x = z = 0: p = 0.5 -> logit 0; x = z = 30: p -> 1 is clamped to a finite logit
-    assert abs(_aligned_logits(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1)).item()) < 1e-6
+    assert abs(aligned_logits(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1)).item()) < 1e-6
     assert torch.isfinite(out).all() and out[0, 5].item() > 15.0
 
 
@@ -212,11 +212,11 @@ def test_sample_sides_offsets_by_hand() -> None:
     # H = 2, W = 3
     logits = torch.arange(4 * n_bins * 2 * 3, dtype=torch.float32).view(1, 4 * n_bins, 2, 3)
     offsets = torch.zeros(1, 8, 2, 3)
-    torch.testing.assert_close(_sample_sides(logits, offsets), logits)  # zero offsets: identity
+    torch.testing.assert_close(sample_sides(logits, offsets), logits)  # zero offsets: identity
     offsets[0, 0] = 1.0  # side l: dx = +1 cell -> value of the right neighbour, border-clamped
     # side t: dy = +0.5 -> mean of the cell and the one below (border-clamped on row 1)
     offsets[0, 3] = 0.5
-    out = _sample_sides(logits, offsets)
+    out = sample_sides(logits, offsets)
     left = logits[0, :n_bins]  # (2 bins, H, W)
     torch.testing.assert_close(out[0, :n_bins, :, :2], left[:, :, 1:])
     torch.testing.assert_close(out[0, :n_bins, :, 2], left[:, :, 2])

@@ -21,7 +21,7 @@ from torch import nn
 
 from .backbone import ConvBNAct
 
-__all__ = ["DecoupledHead", "TOODHead"]
+__all__ = ["DecoupledHead", "TOODHead", "aligned_logits", "sample_sides"]
 
 # Initial expected distance per side, in strides: boxes start ~5 cells wide, the scale at
 # which objects are usually assigned to a level (FCOS/ATSS), so the first task-alignment
@@ -117,7 +117,7 @@ class _TaskDecomposition(nn.Module):
         return self.reduction(feat.view(b, -1, h, w))
 
 
-def _aligned_logits(cls_logits: torch.Tensor, prob_logits: torch.Tensor) -> torch.Tensor:
+def aligned_logits(cls_logits: torch.Tensor, prob_logits: torch.Tensor) -> torch.Tensor:
     """Logit of TOOD's aligned score p = sqrt(sigmoid(x) * sigmoid(z)), computed in float32.
 
     log p = (logsigmoid(x) + logsigmoid(z)) / 2,
@@ -130,7 +130,7 @@ def _aligned_logits(cls_logits: torch.Tensor, prob_logits: torch.Tensor) -> torc
     return log_p - torch.log(-torch.expm1(log_p))
 
 
-def _sample_sides(dist_logits: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def sample_sides(dist_logits: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Resample each side's distance distribution at its own learned offset (TOOD's TAP).
 
     dist_logits (B, 4 * n_bins, H, W); offsets (B, 8, H, W) = (dx, dy) per side l, t, r, b in
@@ -222,10 +222,10 @@ class TOODHead(nn.Module):
             inter.append(x)
         feat = torch.cat(inter, dim=1)  # (B, L * c, H, W)
         pooled = F.adaptive_avg_pool2d(feat, 1)  # (B, L * c, 1, 1)
-        cls_logits = _aligned_logits(
+        cls_logits = aligned_logits(
             self.cls_out(self.cls_decomp(feat, pooled)), self.cls_prob(feat)
         )
-        dist_logits = _sample_sides(
+        dist_logits = sample_sides(
             self.reg_out(self.reg_decomp(feat, pooled)), self.reg_offset(feat)
         )
         return cls_logits, dist_logits
