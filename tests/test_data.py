@@ -20,7 +20,7 @@ from lightning_modules.data import (
     collate_fn,
     seed_worker,
 )
-from lightning_modules.shapes import tight_box, make_shapes
+from lightning_modules.shapes import make_shapes, tight_box
 
 TARGET_KEYS = {"boxes", "labels", "image_id", "orig_size", "scale", "pad"}
 # distinct pure colours per category, so a box's label can be checked on the pixels
