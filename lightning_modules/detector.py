@@ -17,12 +17,14 @@ boxes that end up empty are dropped and counted (``val/dropped_boxes``).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+from pytorch_lightning.callbacks import Timer
 
 import detlosses.assigners  # noqa: F401  (registers the assigners the recipes name)
 from detlosses.criterion import DetectionCriterion
@@ -31,6 +33,7 @@ from detlosses.nms import Detections
 from detlosses.registry import NMS
 
 from .models import DenseDetectorModel, DenseOutput
+from .schedule import WarmupCosine, epochs_that_fit
 
 __all__ = [
     "OneStageDetector",
@@ -39,10 +42,11 @@ __all__ = [
     "coco_results",
     "image_regions",
     "to_original",
-    "warmup_cosine_factor",
 ]
 
 OPTIMIZERS = ("adamw", "sgd")
+_FIRST_ESTIMATE_BATCHES = 20  # time-budget mode: first length estimate after this many batches
+_VALIDATION_GUESS = 1.2  # ... taking validation as 20 % of an epoch until one is measured
 DEFAULT_NMS = {"type": "MultiClassNMS", "score_thr": 0.01, "iou_thr": 0.6, "max_det": 100, "pre_nms_topk": 1000}
 
 
@@ -68,22 +72,6 @@ def build_criterion(
     if recipe is not None:
         return DetectionCriterion.from_recipe(recipe, num_classes=num_classes, reg_max=reg_max, **cfg)
     return DetectionCriterion(num_classes=num_classes, reg_max=reg_max, **cfg)
-
-
-def warmup_cosine_factor(
-    step: int, total_steps: int, warmup_steps: int, warmup_start: float, min_ratio: float
-) -> float:
-    """Learning-rate multiplier: linear warm-up then cosine decay.
-
-    ``warmup_start + (1 - warmup_start) * step / warmup_steps`` for ``step < warmup_steps``,
-    then ``min_ratio + (1 - min_ratio) * (1 + cos(pi * t)) / 2`` with
-    ``t = (step - warmup_steps) / (total_steps - warmup_steps)`` clamped to [0, 1]
-    (SGDR, Loshchilov & Hutter, 2017, without restarts).
-    """
-    if step < warmup_steps:
-        return warmup_start + (1.0 - warmup_start) * step / warmup_steps
-    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def coco_results(det: Detections, image_id: int, category_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
@@ -149,7 +137,12 @@ class OneStageDetector(pl.LightningModule):
         optimizer: ``"adamw"`` or ``"sgd"`` (Nesterov, ``momentum``).
         momentum: SGD momentum.
         warmup_epochs: linear warm-up length in epochs (fractions allowed); then cosine decay
-            to ``lr * min_lr_ratio`` at the last step. Stepped every optimiser step.
+            to ``lr * min_lr_ratio`` at the last step. Stepped every optimiser step. With
+            ``trainer.max_time`` and no ``max_epochs`` / ``max_steps`` the run is a time budget:
+            the number of epochs that fit (validation included) is estimated after the first
+            batches and re-estimated after every epoch from the measured epoch times, the decay
+            is stretched or shrunk to match without a jump (:class:`~.schedule.WarmupCosine`),
+            and training stops after the last epoch whose validation and checkpoint still fit.
         warmup_start: learning-rate factor at step 0 of the warm-up.
         min_lr_ratio: final learning-rate factor of the cosine decay.
         nms: ``NMS`` registry config for validation and prediction, merged over
@@ -190,6 +183,10 @@ class OneStageDetector(pl.LightningModule):
         self.criterion = build_criterion(criterion, num_classes, reg_max)
         self.nms = NMS.build({**DEFAULT_NMS, **(nms or {})})
         self._val_preds: dict[int, list[dict[str, Any]]] = {}
+        self._schedule: WarmupCosine | None = None
+        self._budget: Timer | None = None  # the trainer's Timer in time-budget mode
+        self._epoch_seconds: list[float] = []  # measured epochs (train + validation), budget mode
+        self._epoch_start = 0.0
 
     # ------------------------------------------------------------------ set-up
     def setup(self, stage: str) -> None:
@@ -230,7 +227,8 @@ class OneStageDetector(pl.LightningModule):
         return loss
 
     def on_train_epoch_start(self) -> None:
-        self.criterion.set_epoch(self.current_epoch)  # the recipe's assigner warm-up, if any
+        self.criterion.set_epoch(self.current_epoch)  # the recipe's warm-up phase, if any
+        self._epoch_start = time.monotonic()
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -247,20 +245,60 @@ class OneStageDetector(pl.LightningModule):
         else:
             optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=True)
 
-        total = self.trainer.estimated_stepping_batches
+        trainer = self.trainer
+        total = trainer.estimated_stepping_batches
+        self._budget = None
         if not math.isfinite(total):
-            raise ValueError("the LR schedule needs a finite length: set trainer.max_epochs or trainer.max_steps")
-        if not math.isfinite(self.trainer.num_training_batches):  # max_steps given: not loaded yet
-            self.trainer.fit_loop.setup_data()
-        batches = self.trainer.num_training_batches
-        steps_per_epoch = max(1, math.ceil(batches / self.trainer.accumulate_grad_batches))
-        warmup = min(int(total), round(hp.warmup_epochs * steps_per_epoch))
-
-        def factor(step: int) -> float:
-            return warmup_cosine_factor(step, int(total), warmup, hp.warmup_start, hp.min_lr_ratio)
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+            self._budget = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
+            if self._budget is None or self._budget.time_remaining() is None:
+                raise ValueError(
+                    "the LR schedule needs a length: set trainer.max_epochs, trainer.max_steps or "
+                    "trainer.max_time (a time budget)"
+                )
+        if not math.isfinite(trainer.num_training_batches):  # max_steps given: not loaded yet
+            trainer.fit_loop.setup_data()
+        warmup = round(hp.warmup_epochs * self._steps_per_epoch())
+        if self._budget is not None:
+            total = warmup + self._steps_per_epoch()  # a first guess; re-estimated once timed
+        warmup = min(int(total), warmup)
+        self._schedule = WarmupCosine(int(total), warmup, hp.warmup_start, hp.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _steps_per_epoch(self) -> int:
+        return max(1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches))
+
+    # ------------------------------------------------------------------ time budget
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._budget is None or self._epoch_seconds or batch_idx + 1 != _FIRST_ESTIMATE_BATCHES:
+            return
+        # First estimate, from the first batches of the first epoch: the whole epoch takes
+        # batches x time per batch, plus a guess for its validation.
+        per_batch = (time.monotonic() - self._epoch_start) / (batch_idx + 1)
+        epoch_s = per_batch * self.trainer.num_training_batches * _VALIDATION_GUESS
+        rest_of_epoch = epoch_s - (time.monotonic() - self._epoch_start)
+        self._plan(epochs_that_fit(self._budget.time_remaining() - rest_of_epoch, [epoch_s]), epochs_done=0)
+
+    def on_train_epoch_end(self) -> None:
+        if self._budget is None:
+            return
+        self._epoch_seconds.append(time.monotonic() - self._epoch_start)  # validation included
+        self._plan(epochs_that_fit(self._budget.time_remaining(), self._epoch_seconds), epochs_done=1)
+
+    def _plan(self, epochs_left: int, epochs_done: int) -> None:
+        """Stretch the schedule to end after ``epochs_left`` more epochs (after this one, if
+        ``epochs_done``), and stop when none is left. Rank 0 decides for every rank."""
+        epochs_left = self.trainer.strategy.broadcast(epochs_left, src=0)
+        epochs_total = self.current_epoch + epochs_done + epochs_left
+        self._schedule.retarget(self.global_step, epochs_total * self._steps_per_epoch())
+        if epochs_done and epochs_left == 0:
+            self.trainer.should_stop = True
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["epoch_seconds"] = list(self._epoch_seconds)  # the schedule is in the LR scheduler's state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._epoch_seconds = list(checkpoint.get("epoch_seconds", []))
 
     # ------------------------------------------------------------------ inference
     def _detect(self, out: DenseOutput, targets: Sequence[Mapping[str, Any]]) -> tuple[list[Detections], int]:

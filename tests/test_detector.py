@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import time
 
 import pytest
 import pytorch_lightning as pl
@@ -11,7 +13,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from detlosses.nms import Detections
 from lightning_modules import COCODataModule, OneStageDetector
-from lightning_modules.detector import build_criterion, coco_results, to_original, warmup_cosine_factor
+from lightning_modules.detector import build_criterion, coco_results, to_original
 from lightning_modules.models import DenseOutput
 from lightning_modules.shapes import make_shapes
 
@@ -48,19 +50,6 @@ class LossRecorder(pl.Callback):
 
 
 # --------------------------------------------------------------------------- pure helpers
-def test_warmup_cosine_factor_by_hand():
-    # warm-up 10 of 110 steps from 0.1: step 5 -> 0.1 + 0.9 * 5 / 10 = 0.55
-    assert warmup_cosine_factor(0, 110, 10, 0.1, 0.05) == pytest.approx(0.1)
-    assert warmup_cosine_factor(5, 110, 10, 0.1, 0.05) == pytest.approx(0.55)
-    assert warmup_cosine_factor(10, 110, 10, 0.1, 0.05) == pytest.approx(1.0)
-    # half-way through the cosine (step 60): 0.05 + 0.95 * (1 + cos(pi / 2)) / 2 = 0.525
-    assert warmup_cosine_factor(60, 110, 10, 0.1, 0.05) == pytest.approx(0.525)
-    assert warmup_cosine_factor(110, 110, 10, 0.1, 0.05) == pytest.approx(0.05)
-    # a quarter: 0.05 + 0.95 * (1 + cos(pi / 4)) / 2
-    assert warmup_cosine_factor(35, 110, 10, 0.1, 0.05) == pytest.approx(0.05 + 0.95 * (1 + math.sqrt(0.5)) / 2)
-    assert warmup_cosine_factor(0, 100, 0, 0.1, 0.0) == pytest.approx(1.0)  # no warm-up
-
-
 def test_build_criterion_forms():
     recipe = build_criterion("gfl", 3, 16)
     assert type(recipe.assigner).__name__ == "ATSSAssigner" and recipe.dfl_loss is not None
@@ -280,3 +269,76 @@ def test_predict_returns_detections_in_original_pixels(shapes):
         assert isinstance(det, Detections) and len(det.boxes) > 0
         assert det.boxes.min() >= 0 and det.boxes.max() <= IMAGE_SIZE  # original images are 64 px
         assert det.labels.max() < dm.num_classes
+
+
+# --------------------------------------------------------------------------- time budget
+class FakeClock(pl.Callback):
+    """``time.monotonic`` for the Trainer's Timer and the detector: a training batch takes 2 s
+    and a validation 2 s, whatever the machine does; records each step's learning rate."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.now = 1000.0
+        self.lrs: list[float] = []
+        monkeypatch.setattr(time, "monotonic", lambda: self.now)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.now += 2.0
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.now += 2.0
+
+
+class StopAfter(pl.Callback):
+    """Ends a run after ``epochs`` epochs, as a kill right after a checkpoint would."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch + 1 == self.epochs:
+            trainer.should_stop = True
+
+
+def _budget_fit(shapes, root, clock, *callbacks, ckpt_path=None) -> pl.Trainer:
+    pl.seed_everything(0)
+    dm = _datamodule(shapes)  # 8 training images, batch 4: 2 batches an epoch, 6 s with validation
+    model = OneStageDetector(dm.num_classes, head="decoupled", lr=1e-3, warmup_epochs=1.0, min_lr_ratio=0.05)
+    last = ModelCheckpoint(dirpath=root, filename="last", enable_version_counter=False)
+    trainer = _trainer(
+        max_time={"seconds": 20}, enable_checkpointing=True, callbacks=[clock, last, *callbacks], limit_val_batches=1
+    )
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_time_budget_fills_the_budget_and_ends_the_decay(shapes, tmp_path, monkeypatch):
+    clock = FakeClock(monkeypatch)
+    trainer = _budget_fit(shapes, tmp_path, clock)
+    # 6 s an epoch, planned as 1.05 x 6 = 6.3 s: after epoch 1, 14 s left -> 2 more; after epoch 2,
+    # 8 s -> 1 more; after epoch 3, 2 s -> stop. The last 2 s stay unused; the Timer never had to
+    # cut an epoch short.
+    assert trainer.current_epoch == 3 and trainer.global_step == 6
+    assert clock.now - 1000.0 == 18.0
+    warmup, decay = clock.lrs[:2], clock.lrs[2:]
+    assert warmup == pytest.approx([1e-3 * 0.01, 1e-3 * (0.01 + 0.99 * 0.5)])
+    assert all(b <= a for a, b in itertools.pairwise(decay)) and decay[0] == pytest.approx(1e-3)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * 0.05)  # ends at the minimum
+    saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["epoch"] == 2 and saved["global_step"] == 6  # the last epoch was checkpointed
+
+
+def test_a_resumed_budget_run_continues_the_same_budget(shapes, tmp_path, monkeypatch):
+    clock = FakeClock(monkeypatch)
+    _budget_fit(shapes, tmp_path / "whole", clock)
+    whole = list(clock.lrs)
+
+    clock = FakeClock(monkeypatch)
+    _budget_fit(shapes, tmp_path / "cut", clock, StopAfter(2))  # killed after epoch 2 (12 s)
+    first = list(clock.lrs)
+    clock = FakeClock(monkeypatch)  # a new process: the clock starts anew; the Timer's state says 12 s
+    trainer = _budget_fit(shapes, tmp_path / "cut", clock, ckpt_path=str(tmp_path / "cut" / "last.ckpt"))
+    assert trainer.current_epoch == 3 and clock.now - 1000.0 == 6.0  # 12 + 6 = the same 18 s
+    assert first + clock.lrs == pytest.approx(whole)  # the same schedule, step for step
