@@ -246,3 +246,19 @@ def test_an_internal_error_keeps_its_traceback(shapes, tmp_path, monkeypatch):
     monkeypatch.setattr(OneStageDetector, "training_step", broken_step)
     with pytest.raises(RuntimeError, match="a bug in the training step"):
         main(["fit", *_args(shapes, tmp_path / "out"), "--trainer.max_steps", "1"])
+
+
+def test_two_epoch_mode_runs_are_identical(shapes, tmp_path):
+    """Same seed, same machine, same data, worker processes on: the same weights, bit for bit."""
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        main(["fit", *_args(shapes, out), "--trainer.max_epochs", "2", "--data.num_workers", "2"])
+        runs.append(torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False))
+    a, b = runs
+    assert a["global_step"] == b["global_step"] == 4
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    ap = [next(v for k, v in run["callbacks"].items() if "ModelCheckpoint" in k and v.get("current_score") is not None)
+          for run in runs]
+    assert ap[0]["current_score"] == ap[1]["current_score"]
