@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= runs/shapes_tood
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) tools/bench.py all
+
+# On a CUDA machine (under 5 minutes); exits 3 (make: "Error 3") where there is no CUDA device.
+gpu-check: $(STAMP)
+	$(PY) tools/gpu_check.py
 
 clean:
 	rm -rf $(VENV) runs data/shapes

@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--boxes", type=int, default=8, help="ground-truth boxes per image")
     parser.add_argument("--recipe", default="tood", help="criterion recipe of the training step")
     parser.add_argument("--iters", type=int, default=5, help="timed iterations (after 1 warm-up)")
-    parser.add_argument("--precision", choices=["32", "bf16"], default="32")
+    parser.add_argument("--precision", choices=["32", "bf16", "16"], default="32", help="16: fp16 autocast (CUDA)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
 
 
@@ -41,11 +42,14 @@ def _batch(args: argparse.Namespace, generator: torch.Generator) -> tuple[torch.
     return images, targets
 
 
-def _seconds_per_call(fn, iters: int) -> float:
+def _seconds_per_call(fn, iters: int, device: str) -> float:
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     fn()  # warm-up (allocator, anchor cache)
+    sync()
     start = time.perf_counter()
     for _ in range(iters):
         fn()
+    sync()
     return (time.perf_counter() - start) / iters
 
 
@@ -56,11 +60,14 @@ def run(args: argparse.Namespace) -> list[dict]:
         torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
     images, targets = _batch(args, generator)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    images = images.to(args.device)
+    targets = [{k: v.to(args.device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+    dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(args.precision)
+    autocast = torch.autocast(torch.device(args.device).type, dtype=dtype, enabled=dtype is not None)
     rows = []
     for size in args.sizes:
         torch.manual_seed(0)
-        detector = OneStageDetector(args.num_classes, size=size, head=args.head, criterion=args.recipe)
+        detector = OneStageDetector(args.num_classes, size=size, head=args.head, criterion=args.recipe).to(args.device)
         optimizer = torch.optim.AdamW(detector.parameters(), lr=1e-4)
 
         def train_step(detector=detector, optimizer=optimizer) -> None:
@@ -78,9 +85,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                 detector.predict_step((images, targets), 0)
 
         detector.train()
-        train_s = _seconds_per_call(train_step, args.iters)
+        train_s = _seconds_per_call(train_step, args.iters, args.device)
         detector.eval()
-        infer_s = _seconds_per_call(infer, args.iters)
+        infer_s = _seconds_per_call(infer, args.iters, args.device)
         rows.append(
             {
                 "size": size,
@@ -88,6 +95,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 "params_M": detector.model.num_parameters / 1e6,
                 "image_size": args.image_size,
                 "batch": args.batch_size,
+                "device": args.device,
                 "precision": args.precision,
                 "threads": torch.get_num_threads(),
                 "train_img_s": args.batch_size / train_s,
