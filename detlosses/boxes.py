@@ -16,6 +16,7 @@ import torch
 import torchvision
 
 from ._validation import check_boxes, check_floating
+from ._validation import upcast as _upcast
 
 __all__ = ["BOX_FORMATS", "IOU_MODES", "bbox2distance", "box_convert", "box_iou", "distance2bbox"]
 
@@ -28,11 +29,6 @@ _CHUNK_ELEMS = 1 << 20
 _FOUR_OVER_PI2 = 4.0 / math.pi**2
 
 
-def _upcast(t: torch.Tensor) -> torch.Tensor:
-    """fp16/bf16 -> float32; float32/float64 unchanged."""
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
-
-
 def _check_mode(mode: str, modes: Sequence[str]) -> None:
     if mode not in modes:
         raise ValueError(f"mode must be one of {tuple(modes)}, got {mode!r}")
@@ -41,13 +37,16 @@ def _check_mode(mode: str, modes: Sequence[str]) -> None:
 def box_convert(boxes: torch.Tensor, in_fmt: str, out_fmt: str) -> torch.Tensor:
     """Convert ``boxes`` (..., 4) between ``xyxy``, ``xywh`` (x1, y1, w, h) and ``cxcywh``.
 
-    Same result as :func:`torchvision.ops.box_convert`, with input checks.
+    The arithmetic of :func:`torchvision.ops.box_convert`, with input checks, computed like
+    every function here in float32: fp16/bf16 boxes are upcast first (x1 + x2 of boxes near
+    33 000 px overflows fp16), and the result is float32 (float64 stays float64), not the
+    input's dtype as torchvision returns.
     """
     check_boxes("boxes", boxes)
     for name, fmt in (("in_fmt", in_fmt), ("out_fmt", out_fmt)):
         if fmt not in BOX_FORMATS:
             raise ValueError(f"{name} must be one of {BOX_FORMATS}, got {fmt!r}")
-    return torchvision.ops.box_convert(boxes, in_fmt=in_fmt, out_fmt=out_fmt)
+    return torchvision.ops.box_convert(_upcast(boxes), in_fmt=in_fmt, out_fmt=out_fmt)
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor, mode: str, eps: float) -> torch.Tensor:

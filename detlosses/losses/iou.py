@@ -15,10 +15,9 @@ import math
 
 import torch
 
-from .._validation import check_boxes, check_same_shape
-from ..boxes import _upcast
+from .._validation import check_boxes, check_same_shape, upcast
 from ..registry import LOSSES
-from ._reduction import WeightedLoss
+from ._reduction import WeightedLoss, weight_reduce_loss
 
 __all__ = [
     "IOU_LOSS_MODES",
@@ -289,7 +288,7 @@ def iou_loss(
     check_same_shape("pred", pred, "target", target)
     if mode not in IOU_LOSS_MODES:
         raise ValueError(f"mode must be one of {IOU_LOSS_MODES}, got {mode!r}")
-    pred, target = _upcast(pred), _upcast(target)
+    pred, target = upcast(pred), upcast(target)
     if pred.dtype != target.dtype:
         pred, target = pred.double(), target.double()
     shape = pred.shape[:-1]
@@ -310,6 +309,32 @@ class _IoUModeLoss(WeightedLoss):
 
     def elementwise(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return iou_loss(pred, target, mode=self.mode, eps=self.eps)
+
+    def forward(
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        avg_factor: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``loss_weight * reduce(weight * iou_loss(pred, target))`` for boxes ``(..., 4)``.
+
+        ``weight`` is one value per box, ``(...)`` or ``(..., 1)``, or one per coordinate,
+        ``(..., 4)``, which is averaged over the coordinates (as mmdetection's IoU losses do).
+        """
+        loss = self.elementwise(pred, target)  # (...), after the box checks
+        if isinstance(weight, torch.Tensor):
+            boxes = tuple(loss.shape)
+            if weight.shape == (*boxes, 4):
+                weight = weight.mean(-1)
+            elif weight.shape == (*boxes, 1):
+                weight = weight.squeeze(-1)
+            elif weight.shape != boxes:
+                raise ValueError(
+                    f"weight must have shape {boxes} (one per box), {(*boxes, 1)} or {(*boxes, 4)} "
+                    f"(per coordinate, averaged), got {tuple(weight.shape)}"
+                )
+        return self.loss_weight * weight_reduce_loss(loss, weight, self.reduction, avg_factor)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, {super().extra_repr()}, eps={self.eps}"
