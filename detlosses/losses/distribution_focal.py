@@ -29,8 +29,7 @@ def _check_bins(logits: torch.Tensor) -> int:
     check_floating("logits", logits)
     if logits.dim() < 1 or logits.shape[-1] < 2:
         raise ValueError(
-            "logits must have shape (..., n_bins) with n_bins >= 2 (reg_max + 1), "
-            f"got {tuple(logits.shape)}"
+            f"logits must have shape (..., n_bins) with n_bins >= 2 (reg_max + 1), got {tuple(logits.shape)}"
         )
     return logits.shape[-1]
 
@@ -135,9 +134,7 @@ def distribution_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch
     y = target.to(z.dtype)
     hint = f" = [0, n_bins - 1] (distances in bin units, see bbox2distance(..., max_dis={n_bins - 1}))"
     check_range("target", y, 0.0, n_bins - 1, hint, tolerance=_RANGE_TOL)
-    loss = _DistributionFocalFunction.apply(
-        z.reshape(-1, n_bins), y.reshape(-1), n_bins - 1 - _RIGHT_MARGIN
-    )
+    loss = _DistributionFocalFunction.apply(z.reshape(-1, n_bins), y.reshape(-1), n_bins - 1 - _RIGHT_MARGIN)
     return loss.view(target.shape)
 
 

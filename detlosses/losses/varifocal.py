@@ -58,9 +58,7 @@ class _VarifocalFunction(torch.autograd.Function):
         return grad_x, grad_t, None, None
 
 
-def varifocal_loss(
-    logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.75, gamma: float = 2.0
-) -> torch.Tensor:
+def varifocal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.75, gamma: float = 2.0) -> torch.Tensor:
     """Varifocal loss, element-wise (no reduction).
 
     ``VFL = BCE(x, t) * (t if t > 0 else alpha * sigmoid(x)**gamma)``: positives (t > 0,
