@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 import torchvision
 
-from ._validation import check_boxes, check_floating
+from ._validation import check_boxes, check_floating, check_number
 from ._validation import upcast as _upcast
 
 __all__ = [
@@ -222,8 +222,9 @@ def bbox2distance(
     Args:
         points: (..., 2) anchor points (x, y).
         bbox: (..., 4) ``xyxy`` boxes, broadcastable with ``points``.
-        max_dis: when given, distances are clamped to [0, max_dis - eps] (the DFL target for
-            ``reg_max = max_dis``: bin ``reg_max`` must exist to the right of the target).
+        max_dis: when given (a number: python, NumPy or a one-element tensor), distances are
+            clamped to [0, max_dis - eps] (the DFL target for ``reg_max = max_dis``: bin
+            ``reg_max`` must exist to the right of the target).
         eps: the margin below ``max_dis``.
 
     Returns:
@@ -234,6 +235,7 @@ def bbox2distance(
     points, bbox = _upcast(points), _upcast(bbox)
     distance = torch.cat((points - bbox[..., :2], bbox[..., 2:] - points), dim=-1)
     if max_dis is not None:
+        max_dis, eps = check_number("max_dis", max_dis), check_number("eps", eps, minimum=0.0)
         if max_dis - eps <= 0:
             raise ValueError(f"max_dis must be greater than eps={eps}, got {max_dis}")
         distance = distance.clamp(min=0, max=max_dis - eps)

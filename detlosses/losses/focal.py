@@ -103,6 +103,11 @@ def sigmoid_focal_loss(
 
     Gradients flow to ``logits`` and, if it requires grad, to ``target``; a fused closed
     form is used for both (no second derivatives).
+
+    Raises:
+        ValueError: non-float logits, a target of another shape, a target outside [0, 1] or
+            NaN (one ``aminmax`` over it and one host read), or a bad hyperparameter. NaN/inf
+            logits are not checked: they propagate to the loss, as in torch.nn.functional.
     """
     gamma = check_nonnegative("gamma", gamma)
     alpha = check_number("alpha", alpha)

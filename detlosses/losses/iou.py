@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .._validation import check_boxes, check_same_shape, upcast
+from .._validation import check_boxes, check_number, check_same_shape, upcast
 from ..registry import LOSSES
 from ._reduction import WeightedLoss, weight_reduce_loss
 
@@ -288,6 +288,9 @@ def iou_loss(pred: torch.Tensor, target: torch.Tensor, mode: str = "giou", eps: 
 
     An inverted box (x2 < x1) counts as zero-width; every denominator is positive, so the
     loss and its gradient are finite for finite input (zero-area, identical, disjoint boxes).
+    Non-finite coordinates are not checked here (that would cost a reduction and a host read
+    per call; the criterion checks its inputs): NaN/inf propagate to the loss, as in
+    torchvision.ops.
     """
     check_boxes("pred", pred)
     check_boxes("target", target)
@@ -298,7 +301,8 @@ def iou_loss(pred: torch.Tensor, target: torch.Tensor, mode: str = "giou", eps: 
     if pred.dtype != target.dtype:
         pred, target = pred.double(), target.double()
     shape = pred.shape[:-1]
-    loss = _IoULossFunction.apply(pred.reshape(-1, 4), target.reshape(-1, 4), mode, float(eps))
+    eps = check_number("eps", eps, minimum=0.0)
+    loss = _IoULossFunction.apply(pred.reshape(-1, 4), target.reshape(-1, 4), mode, eps)
     return loss.reshape(shape)
 
 
@@ -309,7 +313,7 @@ class _IoUModeLoss(WeightedLoss):
 
     def __init__(self, loss_weight: float = 1.0, reduction: str = "mean", eps: float = 1e-7) -> None:
         super().__init__(loss_weight=loss_weight, reduction=reduction)
-        self.eps = eps
+        self.eps = check_number("eps", eps, minimum=0.0)
 
     def elementwise(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return iou_loss(pred, target, mode=self.mode, eps=self.eps)

@@ -103,6 +103,11 @@ def quality_focal_loss(
 
     Gradients flow to ``logits`` and, if it requires grad, to ``target`` (fused closed
     form, no second derivatives).
+
+    Raises:
+        ValueError: non-float logits, a target of another shape, a target outside [0, 1] or
+            NaN (one ``aminmax`` over it and one host read), or a bad hyperparameter. NaN/inf
+            logits are not checked: they propagate to the loss, as in torch.nn.functional.
     """
     beta = check_nonnegative("beta", beta)
     alpha = _check_alpha(alpha)

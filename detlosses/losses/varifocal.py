@@ -78,6 +78,11 @@ def varifocal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.
 
     Gradients flow to ``logits`` and, if it requires grad, to ``target`` (fused closed
     form, no second derivatives).
+
+    Raises:
+        ValueError: non-float logits, a target of another shape, a target outside [0, 1] or
+            NaN (one ``aminmax`` over it and one host read), or a bad hyperparameter. NaN/inf
+            logits are not checked: they propagate to the loss, as in torch.nn.functional.
     """
     alpha = check_nonnegative("alpha", alpha)
     gamma = check_nonnegative("gamma", gamma)
