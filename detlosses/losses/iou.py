@@ -240,7 +240,20 @@ def _siou_backward(
     eps: float,
     g_size: torch.Tensor,
 ) -> torch.Tensor:
-    """Add SIoU's cost gradient to ``g_size`` in place and return d loss / d dc."""
+    """Add SIoU's cost gradient to ``g_size`` in place and return d loss / d dc.
+
+    Saved by :func:`_siou_cost`: the offset s = dc / 2, |s|, q = |s|^2 + eps, the angle cost L,
+    gamma = 2 - L, c_t^2 + eps, rho_t, exp(-gamma rho_t), w - w_gt, m = max(w, w_gt) + eps,
+    omega and exp(-omega). With loss += (D + S) / 2, D = sum_t 1 - exp(-gamma rho_t):
+
+    * dD/d rho_t = gamma exp(-gamma rho_t), dD/d gamma = sum_t rho_t exp(-gamma rho_t), dgamma/dL = -1;
+    * rho_t = s_t^2 / (c_t^2 + eps): d/d s_t = 2 s_t / (c_t^2 + eps), d/d c_t = -2 rho_t c_t / (c_t^2 + eps);
+    * L = 2 |s_x| |s_y| / q: dL/d s_x = 2 (sign(s_x) |s_y| - L s_x) / q (and x, y swapped);
+    * S = sum_t (1 - exp(-omega_t))^4: dS/d omega = 4 (1 - e)^3 e, omega = |w - w_gt| / m, so
+      d omega / dw = (sign(w - w_gt) - [w >= w_gt] omega) / m and
+      d omega / dw_gt = -(sign(w - w_gt) + [w < w_gt] omega) / m;
+    * s = dc / 2 halves the offset gradient on the way back to dc.
+    """
     half = grad * 0.5
     off, abs_off, q = s["off"], s["abs_off"], s["q"]
     ge = half * s["gamma"] * s["e_rho"]  # (2, N) d loss / d rho
