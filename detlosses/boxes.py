@@ -15,22 +15,27 @@ from collections.abc import Sequence
 import torch
 import torchvision
 
-from ._validation import check_boxes, check_floating
+from ._validation import check_boxes, check_floating, check_number
+from ._validation import upcast as _upcast
 
-__all__ = ["BOX_FORMATS", "IOU_MODES", "bbox2distance", "box_convert", "box_iou", "distance2bbox"]
+__all__ = [
+    "BOX_FORMATS",
+    "IOU_MODES",
+    "PAIRWISE_CHUNK_ELEMS",
+    "bbox2distance",
+    "box_convert",
+    "box_iou",
+    "distance2bbox",
+]
 
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
 IOU_MODES = ("iou", "giou", "diou", "ciou")
 
 # Elements in one (rows, M) temporary of a pairwise chunk: 2**20 floats = 4 MiB, so the
-# ~10 temporaries of a CIoU chunk stay around 40 MiB whatever N and M are.
-_CHUNK_ELEMS = 1 << 20
+# temporaries of a CIoU chunk peak around 70 MiB (measured, tests/test_boxes.py) whatever N and
+# M are. Read at call time: lower it to trade speed for memory.
+PAIRWISE_CHUNK_ELEMS = 1 << 20
 _FOUR_OVER_PI2 = 4.0 / math.pi**2
-
-
-def _upcast(t: torch.Tensor) -> torch.Tensor:
-    """fp16/bf16 -> float32; float32/float64 unchanged."""
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def _check_mode(mode: str, modes: Sequence[str]) -> None:
@@ -41,13 +46,16 @@ def _check_mode(mode: str, modes: Sequence[str]) -> None:
 def box_convert(boxes: torch.Tensor, in_fmt: str, out_fmt: str) -> torch.Tensor:
     """Convert ``boxes`` (..., 4) between ``xyxy``, ``xywh`` (x1, y1, w, h) and ``cxcywh``.
 
-    Same result as :func:`torchvision.ops.box_convert`, with input checks.
+    The arithmetic of :func:`torchvision.ops.box_convert`, with input checks, computed like
+    every function here in float32: fp16/bf16 boxes are upcast first (x1 + x2 of boxes near
+    33 000 px overflows fp16), and the result is float32 (float64 stays float64), not the
+    input's dtype as torchvision returns.
     """
     check_boxes("boxes", boxes)
     for name, fmt in (("in_fmt", in_fmt), ("out_fmt", out_fmt)):
         if fmt not in BOX_FORMATS:
             raise ValueError(f"{name} must be one of {BOX_FORMATS}, got {fmt!r}")
-    return torchvision.ops.box_convert(boxes, in_fmt=in_fmt, out_fmt=out_fmt)
+    return torchvision.ops.box_convert(_upcast(boxes), in_fmt=in_fmt, out_fmt=out_fmt)
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor, mode: str, eps: float) -> torch.Tensor:
@@ -84,13 +92,12 @@ def _overlap(a: torch.Tensor, b: torch.Tensor, mode: str, eps: float) -> torch.T
     return diou - alpha * v
 
 
-def _rows_per_chunk(n_rows: int, row_elems: int, budget: int | None = None) -> int:
-    """Rows per pairwise chunk: one (rows, row_elems) temporary holds <= ``budget`` elements.
+def _rows_per_chunk(n_rows: int, row_elems: int) -> int:
+    """Rows per pairwise chunk: one (rows, row_elems) temporary holds <= PAIRWISE_CHUNK_ELEMS elements.
 
     At least one row, at most ``n_rows``.
     """
-    budget = _CHUNK_ELEMS if budget is None else budget
-    return max(1, min(n_rows, budget // max(row_elems, 1)))
+    return max(1, min(n_rows, PAIRWISE_CHUNK_ELEMS // max(row_elems, 1)))
 
 
 def box_iou(
@@ -124,8 +131,8 @@ def box_iou(
 
     These match :func:`torchvision.ops.box_iou`, ``generalized_box_iou``,
     ``distance_box_iou`` and ``complete_box_iou``. Pairwise results are computed in chunks
-    of rows written into one preallocated output, so temporaries stay bounded (a few
-    4 MiB buffers) for any N and M.
+    of rows written into one preallocated output, so temporaries stay bounded (each at most
+    ``PAIRWISE_CHUNK_ELEMS`` elements, 4 MiB by default) for any N and M.
     """
     check_boxes("boxes1", boxes1)
     check_boxes("boxes2", boxes2)
@@ -138,23 +145,19 @@ def box_iou(
             torch.broadcast_shapes(boxes1.shape, boxes2.shape)
         except RuntimeError:
             raise ValueError(
-                f"aligned box_iou needs boxes1 and boxes2 of the same (or broadcastable) "
-                f"shape (..., 4), "
+                "aligned box_iou needs boxes1 and boxes2 of the same (or broadcastable) shape (..., 4), "
                 f"got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}"
             ) from None
         return _overlap(boxes1, boxes2, mode, eps)
 
     for name, boxes in (("boxes1", boxes1), ("boxes2", boxes2)):
         if boxes.dim() < 2:
-            raise ValueError(
-                f"pairwise box_iou needs {name} of shape (..., N, 4), got {tuple(boxes.shape)}"
-            )
+            raise ValueError(f"pairwise box_iou needs {name} of shape (..., N, 4), got {tuple(boxes.shape)}")
     try:
         batch = torch.broadcast_shapes(boxes1.shape[:-2], boxes2.shape[:-2])
     except RuntimeError:
         raise ValueError(
-            f"the batch dims of boxes1 {tuple(boxes1.shape)} and boxes2 {tuple(boxes2.shape)} "
-            "do not broadcast"
+            f"the batch dims of boxes1 {tuple(boxes1.shape)} and boxes2 {tuple(boxes2.shape)} do not broadcast"
         ) from None
     n, m = boxes1.shape[-2], boxes2.shape[-2]
     b = boxes2.unsqueeze(-3)  # (..., 1, M, 4)
@@ -169,16 +172,13 @@ def box_iou(
 def _check_points(name: str, points: torch.Tensor, other_name: str, other: torch.Tensor) -> None:
     check_floating(name, points)
     if points.dim() < 1 or points.shape[-1] != 2:
-        raise ValueError(
-            f"{name} must have shape (..., 2) holding (x, y), got {tuple(points.shape)}"
-        )
+        raise ValueError(f"{name} must have shape (..., 2) holding (x, y), got {tuple(points.shape)}")
     try:
         torch.broadcast_shapes(points.shape[:-1], other.shape[:-1])
     except RuntimeError:
         raise ValueError(
-            f"{name} {tuple(points.shape)} and {other_name} {tuple(other.shape)} must have "
-            f"broadcastable "
-            f"leading dims: (..., 2) and (..., 4)"
+            f"{name} {tuple(points.shape)} and {other_name} {tuple(other.shape)} must have broadcastable "
+            "leading dims: (..., 2) and (..., 4)"
         ) from None
 
 
@@ -206,9 +206,7 @@ def distance2bbox(
         return boxes
     wh = torch.as_tensor(max_shape, dtype=boxes.dtype, device=boxes.device)
     if wh.shape[-1:] != (2,):
-        raise ValueError(
-            f"max_shape must be (h, w) or a tensor of shape (..., 2), got {tuple(wh.shape)}"
-        )
+        raise ValueError(f"max_shape must be (h, w) or a tensor of shape (..., 2), got {tuple(wh.shape)}")
     wh = wh.flip(-1)  # (h, w) -> (w, h)
     return torch.minimum(boxes.clamp(min=0), torch.cat((wh, wh), dim=-1))
 
@@ -224,8 +222,9 @@ def bbox2distance(
     Args:
         points: (..., 2) anchor points (x, y).
         bbox: (..., 4) ``xyxy`` boxes, broadcastable with ``points``.
-        max_dis: when given, distances are clamped to [0, max_dis - eps] (the DFL target for
-            ``reg_max = max_dis``: bin ``reg_max`` must exist to the right of the target).
+        max_dis: when given (a number: python, NumPy or a one-element tensor), distances are
+            clamped to [0, max_dis - eps] (the DFL target for ``reg_max = max_dis``: bin
+            ``reg_max`` must exist to the right of the target).
         eps: the margin below ``max_dis``.
 
     Returns:
@@ -236,6 +235,7 @@ def bbox2distance(
     points, bbox = _upcast(points), _upcast(bbox)
     distance = torch.cat((points - bbox[..., :2], bbox[..., 2:] - points), dim=-1)
     if max_dis is not None:
+        max_dis, eps = check_number("max_dis", max_dis), check_number("eps", eps, minimum=0.0)
         if max_dis - eps <= 0:
             raise ValueError(f"max_dis must be greater than eps={eps}, got {max_dis}")
         distance = distance.clamp(min=0, max=max_dis - eps)

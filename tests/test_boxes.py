@@ -1,8 +1,12 @@
-"""detlosses.boxes: hand arithmetic and torchvision.ops values, chunking, encodings, checks."""
+"""detlosses.boxes: hand arithmetic and torchvision.ops values, chunking and its memory, encodings, checks."""
 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,9 +65,7 @@ HAND = [
 def test_hand_worked_values(a, b, expected, mode):
     ta, tb = torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64)
     assert box_iou(ta, tb, mode=mode).item() == pytest.approx(expected[mode], abs=1e-6)
-    assert box_iou(ta, tb, mode=mode, aligned=True).item() == pytest.approx(
-        expected[mode], abs=1e-6
-    )
+    assert box_iou(ta, tb, mode=mode, aligned=True).item() == pytest.approx(expected[mode], abs=1e-6)
 
 
 # ---------------------------------------------------------------- against torchvision
@@ -71,21 +73,15 @@ def test_hand_worked_values(a, b, expected, mode):
 def test_pairwise_matches_torchvision(mode):
     a, b = random_boxes(97, 0), random_boxes(53, 1)
     a[:20] = b[:20] + 0.5  # some heavily overlapping pairs
-    torch.testing.assert_close(
-        box_iou(a, b, mode=mode), TV_PAIRWISE[mode](a, b), rtol=1e-5, atol=1e-6
-    )
+    torch.testing.assert_close(box_iou(a, b, mode=mode), TV_PAIRWISE[mode](a, b), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_pairwise_chunk_boundaries_match_torchvision(mode, monkeypatch):
+@pytest.mark.parametrize("budget", [7 * 13, 5])  # 7-row chunks (50 = 7 * 7 + 1, ragged); less than a row
+def test_pairwise_chunk_boundaries_match_torchvision(mode, budget, monkeypatch):
     a, b = random_boxes(50, 2), random_boxes(13, 3)
-    monkeypatch.setattr(
-        B, "_CHUNK_ELEMS", 7 * 13
-    )  # 7-row chunks: 50 = 7 * 7 + 1, a ragged last chunk
-    assert B._rows_per_chunk(50, 13) == 7
-    torch.testing.assert_close(
-        box_iou(a, b, mode=mode), TV_PAIRWISE[mode](a, b), rtol=1e-5, atol=1e-6
-    )
+    monkeypatch.setattr(B, "PAIRWISE_CHUNK_ELEMS", budget)
+    torch.testing.assert_close(box_iou(a, b, mode=mode), TV_PAIRWISE[mode](a, b), rtol=1e-5, atol=1e-6)
 
 
 def test_pairwise_batched_and_empty():
@@ -102,44 +98,51 @@ def test_pairwise_batched_and_empty():
 def test_aligned_is_diagonal_of_pairwise(mode):
     a, b = random_boxes(40, 6), random_boxes(40, 7)
     a[:10] = b[:10] * 1.01
-    torch.testing.assert_close(
-        box_iou(a, b, mode=mode, aligned=True), box_iou(a, b, mode=mode).diagonal()
-    )
+    torch.testing.assert_close(box_iou(a, b, mode=mode, aligned=True), box_iou(a, b, mode=mode).diagonal())
     # leading dims and broadcasting: (2, 20, 4) vs (2, 20, 4) and (20, 4) vs (1, 4)
     torch.testing.assert_close(
         box_iou(a.view(2, 20, 4), b.view(2, 20, 4), mode=mode, aligned=True),
         box_iou(a, b, mode=mode).diagonal().view(2, 20),
     )
-    torch.testing.assert_close(
-        box_iou(a[:20], b[:1], mode=mode, aligned=True), box_iou(a[:20], b[:1], mode=mode)[:, 0]
-    )
+    torch.testing.assert_close(box_iou(a[:20], b[:1], mode=mode, aligned=True), box_iou(a[:20], b[:1], mode=mode)[:, 0])
 
 
 # ---------------------------------------------------------------- memory: chunked pairwise
-def test_chunk_size_bound():
-    rows = B._rows_per_chunk(20000, 2000)
-    assert rows >= 1 and rows * 2000 <= B._CHUNK_ELEMS
-    assert B._rows_per_chunk(5, 10) == 5  # small problems: one chunk
-    assert B._rows_per_chunk(10, 10**9) == 1  # a single huge row still progresses
+# Run in a fresh interpreter: the allocator keeps freed memory, so a peak measured inside pytest
+# depends on the tests before it. Prints the peak resident growth while box_iou runs, in MiB.
+_PEAK_SCRIPT = """
+import re, sys
+from pathlib import Path
+import torch
+import torchvision.ops as tv
+import detlosses.boxes as B
+status = Path("/proc/self/status")
+kib = lambda key: int(re.search(key + r":\\s+(\\d+) kB", status.read_text()).group(1))
+g = torch.Generator().manual_seed(8)
+xy = torch.rand(N + M, 2, generator=g) * 1000
+boxes = torch.cat((xy, xy + torch.rand(N + M, 2, generator=g) * 500 + 1), dim=1)
+a, b = boxes[:N], boxes[N:]
+Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current resident size
+before = kib("VmRSS")
+with torch.no_grad():
+    out = B.box_iou(a, b, mode="ciou")
+growth = (kib("VmHWM") - before) / 1024
+rows = torch.tensor([0, 523, 524, N // 2, N - 1])  # rows across chunk boundaries
+torch.testing.assert_close(out[rows], tv.complete_box_iou(a[rows], b), rtol=1e-5, atol=1e-6)
+print(growth, out.numel() * 4 / 2**20, B.PAIRWISE_CHUNK_ELEMS * 4 / 2**20)
+"""
 
 
-def test_large_pairwise_runs_in_bounded_chunks(monkeypatch):
-    seen = []
-    real = B._overlap
-
-    def spy(a, b, mode, eps):
-        out = real(a, b, mode, eps)
-        seen.append(out.numel())
-        return out
-
-    monkeypatch.setattr(B, "_overlap", spy)
-    a, b = random_boxes(20000, 8, scale=1000), random_boxes(2000, 9, scale=1000)
-    with torch.no_grad():
-        out = box_iou(a, b)
-    assert out.shape == (20000, 2000)
-    assert len(seen) > 1 and max(seen) <= B._CHUNK_ELEMS  # every (rows, M) temporary stays bounded
-    rows = torch.tensor([0, 523, 524, 9999, 19999])  # spot rows across chunk boundaries
-    torch.testing.assert_close(out[rows], tv.box_iou(a[rows], b), rtol=1e-5, atol=1e-6)
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_large_pairwise_runs_in_bounded_memory():
+    # 8000 x 2000 CIoU, 61 MiB output: unchunked, the formula's pair temporaries peak ~740 MiB above it
+    # (measured); chunked, each holds <= PAIRWISE_CHUNK_ELEMS elements (4 MiB), ~70 MiB in all
+    script = "N, M = 8000, 2000\n" + _PEAK_SCRIPT
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    growth, out_mib, chunk_mib = map(float, run.stdout.split())
+    assert growth < out_mib + 40 * chunk_mib, (growth, out_mib)
 
 
 # ---------------------------------------------------------------- numerics
@@ -179,9 +182,7 @@ def test_degenerate_boxes_finite_values_and_gradients(mode):
     b = torch.tensor([d[1] for d in DEGENERATE], requires_grad=True)
     out = box_iou(a, b, mode=mode, aligned=True)
     out.sum().backward()
-    assert (
-        torch.isfinite(out).all() and torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
-    )
+    assert torch.isfinite(out).all() and torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
     assert torch.isfinite(box_iou(a.detach(), b.detach(), mode=mode)).all()
     # inverted boxes count as empty: IoU 0 with anything
     assert out[2].item() <= 1e-6 and box_iou(a[2:3], b[2:3]).item() == 0
@@ -203,9 +204,7 @@ def test_bbox2distance_round_trip_and_dfl_clamp():
     g = torch.Generator().manual_seed(12)
     points = torch.rand(100, 2, generator=g) * 50
     dist = torch.rand(100, 4, generator=g) * 15
-    torch.testing.assert_close(
-        bbox2distance(points, distance2bbox(points, dist)), dist, rtol=0, atol=1e-5
-    )
+    torch.testing.assert_close(bbox2distance(points, distance2bbox(points, dist)), dist, rtol=0, atol=1e-5)
     # point (5, 5), box (0, 2, 30, 4): l = 5, t = 3, r = 25, b = -1 -> clamp to [0, 16 - 0.01]
     d = bbox2distance(torch.tensor([[5.0, 5.0]]), torch.tensor([[0.0, 2.0, 30.0, 4.0]]), max_dis=16)
     torch.testing.assert_close(d, torch.tensor([[5.0, 3.0, 15.99, 0.0]]))
@@ -213,31 +212,37 @@ def test_bbox2distance_round_trip_and_dfl_clamp():
     torch.testing.assert_close(unclamped, torch.tensor([[5.0, 3.0, 25.0, -1.0]]))
     # broadcasting: anchor points (A, 2) against boxes (B, A, 4), fp16 upcast
     boxes = distance2bbox(points, dist).expand(3, 100, 4).half()
-    assert (
-        bbox2distance(points, boxes).shape == (3, 100, 4)
-        and bbox2distance(points, boxes).dtype == torch.float32
-    )
+    assert bbox2distance(points, boxes).shape == (3, 100, 4) and bbox2distance(points, boxes).dtype == torch.float32
 
 
 # ---------------------------------------------------------------- box_convert
+# xyxy (1, 2, 5, 8): width 5 - 1 = 4, height 8 - 2 = 6, centre ((1 + 5) / 2, (2 + 8) / 2) = (3, 5)
+BOX_FORMS = {"xyxy": (1.0, 2.0, 5.0, 8.0), "xywh": (1.0, 2.0, 4.0, 6.0), "cxcywh": (3.0, 5.0, 4.0, 6.0)}
+
+
 @pytest.mark.parametrize("in_fmt", B.BOX_FORMATS)
 @pytest.mark.parametrize("out_fmt", B.BOX_FORMATS)
-def test_box_convert_matches_torchvision(in_fmt, out_fmt):
-    boxes = random_boxes(20, 13)
-    torch.testing.assert_close(
-        box_convert(boxes, in_fmt, out_fmt), tv.box_convert(boxes, in_fmt=in_fmt, out_fmt=out_fmt)
-    )
+def test_box_convert_hand_values(in_fmt, out_fmt):
+    boxes = torch.tensor([BOX_FORMS[in_fmt]] * 2).view(2, 1, 4)  # leading dims are kept
+    expected = torch.tensor([BOX_FORMS[out_fmt]] * 2).view(2, 1, 4)
+    torch.testing.assert_close(box_convert(boxes, in_fmt, out_fmt), expected, rtol=0, atol=0)
 
 
-def test_box_convert_hand_value():
-    # xyxy (1, 2, 5, 8) -> cxcywh (3, 5, 4, 6), xywh (1, 2, 4, 6)
-    box = torch.tensor([[1.0, 2.0, 5.0, 8.0]])
+def test_box_convert_low_precision_computes_in_float32():
+    # fp16 xyxy (32768, 32000, 33024, 33504), exact in fp16: x1 + x2 = 65792 overflows fp16 (max 65504),
+    # so an fp16 computation gives cx = inf; in float32: cx = 32896, cy = 65504 / 2 = 32752, w = 256, h = 1504
+    box = torch.tensor([[32768.0, 32000.0, 33024.0, 33504.0]], dtype=torch.float16)
+    out = box_convert(box, "xyxy", "cxcywh")
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.tensor([[32896.0, 32752.0, 256.0, 1504.0]]), rtol=0, atol=0)
+    # fp16 cxcywh (40000, 40000, 30000, 30000) -> xyxy (25000, 25000, 55000, 55000): exact in float32,
+    # while fp16 arithmetic rounds 25000 and 55000 to multiples of 16 and 32 (24992, 55008)
+    big = torch.tensor([[40000.0, 40000.0, 30000.0, 30000.0]], dtype=torch.float16)
     torch.testing.assert_close(
-        box_convert(box, "xyxy", "cxcywh"), torch.tensor([[3.0, 5.0, 4.0, 6.0]])
+        box_convert(big, "cxcywh", "xyxy"), torch.tensor([[25000.0, 25000.0, 55000.0, 55000.0]]), rtol=0, atol=0
     )
-    torch.testing.assert_close(
-        box_convert(box, "xyxy", "xywh"), torch.tensor([[1.0, 2.0, 4.0, 6.0]])
-    )
+    assert box_convert(big.bfloat16(), "cxcywh", "xywh").dtype == torch.float32
+    assert box_convert(box.double(), "xyxy", "xywh").dtype == torch.float64
 
 
 # ---------------------------------------------------------------- bad input

@@ -1,8 +1,9 @@
 """Classification-family losses: focal, quality focal, varifocal, distribution focal.
 
 Every value is checked against an independent reference: arithmetic worked by hand (in
-the comments), torchvision.ops.sigmoid_focal_loss, slow autograd re-statements of the
-DESIGN.md formulas, and gradcheck in float64 for the fused backward passes.
+the comments), torchvision.ops.sigmoid_focal_loss, the plain autograd formulas of the papers
+in tests/references.py (values and both gradients in float64), and gradcheck in float64 for
+the fused backward passes.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import math
 
 import pytest
+import references as paper
 import torch
-import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
 
 from detlosses import LOSSES
@@ -36,35 +37,6 @@ def _soft_target(shape, gen, dtype=torch.float64):
     """A dense target: ~1/3 zeros (negatives), the rest qualities in (0.05, 0.95)."""
     quality = 0.05 + 0.9 * torch.rand(shape, generator=gen, dtype=dtype)
     return quality * (torch.rand(shape, generator=gen, dtype=dtype) > 0.33)
-
-
-# --------------------------------------------------------------------------------------
-# independent references: the DESIGN.md formulas re-stated with plain autograd ops
-# --------------------------------------------------------------------------------------
-def _ref_bce(x, t):
-    return F.binary_cross_entropy_with_logits(x, t, reduction="none")
-
-
-def _ref_qfl(x, t, beta=2.0, alpha=None):
-    loss = _ref_bce(x, t) * (t - torch.sigmoid(x)).abs() ** beta
-    if alpha is not None:
-        loss = loss * (alpha * t + (1 - alpha) * (1 - t))
-    return loss
-
-
-def _ref_vfl(x, t, alpha=0.75, gamma=2.0):
-    weight = torch.where(t > 0, t, alpha * torch.sigmoid(x) ** gamma)
-    return _ref_bce(x, t) * weight
-
-
-def _ref_dfl(logits, target):
-    n_bins = logits.shape[-1]
-    y = target.clamp(0, n_bins - 1 - 0.01)
-    left = y.detach().floor().long()
-    log_p = torch.log_softmax(logits, dim=-1)
-    ce_left = -log_p.gather(-1, left.unsqueeze(-1)).squeeze(-1)
-    ce_right = -log_p.gather(-1, (left + 1).unsqueeze(-1)).squeeze(-1)
-    return (left + 1 - y) * ce_left + (y - left) * ce_right
 
 
 def _values_and_grads(fn, x, t, weight):
@@ -97,9 +69,7 @@ def test_focal_hand_values():
     #   t=1: 0.25 [(-1/2)(1/4) + 2 ln2 (1/2)(-1)(1/4)] = 0.25 (-1/8 - ln2/4)
     #   t=0: 0.75 [( 1/2)(1/4) + 2 ln2 (1/2)(+1)(1/4)] = 0.75 ( 1/8 + ln2/4)
     (grad,) = torch.autograd.grad(loss.sum(), x)
-    torch.testing.assert_close(
-        grad[:2], torch.tensor([0.25 * (-1 / 8 - LN2 / 4), 0.75 * (1 / 8 + LN2 / 4)])
-    )
+    torch.testing.assert_close(grad[:2], torch.tensor([0.25 * (-1 / 8 - LN2 / 4), 0.75 * (1 / 8 + LN2 / 4)]))
 
 
 def test_focal_gamma_zero_and_no_alpha_hand_values():
@@ -169,9 +139,7 @@ def test_distribution_integral_hand_value():
     torch.testing.assert_close(distribution_integral(logits), torch.tensor([2.0, 1.5]))
     # box layout (..., 4 * n_bins) viewed as (..., 4, n_bins)
     boxes = logits[0].repeat(2, 4)  # (2, 16)
-    torch.testing.assert_close(
-        distribution_integral(boxes.unflatten(-1, (4, 4))), torch.full((2, 4), 2.0)
-    )
+    torch.testing.assert_close(distribution_integral(boxes.unflatten(-1, (4, 4))), torch.full((2, 4), 2.0))
 
 
 # --------------------------------------------------------------------------------------
@@ -221,14 +189,12 @@ def test_double_backward_is_refused_not_wrong():
     t = torch.rand(3, 4, dtype=torch.float64)
     for fn in CLS_FUNCTIONS:
         (g,) = torch.autograd.grad(fn(x, t).sum(), x, create_graph=True)
-        with pytest.raises(
-            RuntimeError, match=r"once_differentiable|double backward|does not require grad"
-        ):
+        with pytest.raises(RuntimeError, match=r"once_differentiable|double backward|does not require grad"):
             torch.autograd.grad(g.sum(), x)
 
 
 # --------------------------------------------------------------------------------------
-# equal to torchvision (focal) and to the slow re-statements (QFL, VFL, DFL)
+# equal to torchvision (focal) and to the papers' formulas in tests/references.py (float64)
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("alpha", [0.25, 0.6, -1.0])
 @pytest.mark.parametrize("gamma", [0.0, 1.0, 1.5, 2.0, 3.0])
@@ -236,11 +202,7 @@ def test_double_backward_is_refused_not_wrong():
 def test_focal_matches_torchvision(alpha, gamma, soft):
     gen = _seed(5)
     x = torch.randn(64, 20, generator=gen) * 4
-    t = (
-        torch.rand(64, 20, generator=gen)
-        if soft
-        else (torch.rand(64, 20, generator=gen) > 0.8).float()
-    )
+    t = torch.rand(64, 20, generator=gen) if soft else (torch.rand(64, 20, generator=gen) > 0.8).float()
     w = torch.rand(64, 20, generator=gen)
     x1 = x.clone().requires_grad_()
     x2 = x.clone().requires_grad_()
@@ -253,12 +215,21 @@ def test_focal_matches_torchvision(alpha, gamma, soft):
     (ref * w).sum().backward()
     torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-5, atol=1e-6)
     # float64, logits and target gradients, tight tolerance
-    got = _values_and_grads(
-        lambda a, b: sigmoid_focal_loss(a, b, alpha, gamma), x.double(), t.double(), w
-    )
-    exp = _values_and_grads(
-        lambda a, b: tv_sigmoid_focal_loss(a, b, alpha, gamma), x.double(), t.double(), w
-    )
+    got = _values_and_grads(lambda a, b: sigmoid_focal_loss(a, b, alpha, gamma), x.double(), t.double(), w)
+    exp = _values_and_grads(lambda a, b: tv_sigmoid_focal_loss(a, b, alpha, gamma), x.double(), t.double(), w)
+    for a, b in zip(got, exp, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("alpha", [0.25, -1.0])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0, 3.0])
+def test_focal_matches_paper_formula_float64(alpha, gamma):
+    gen = _seed(12)
+    x = torch.randn(50, 8, generator=gen, dtype=torch.float64) * 4
+    t = _soft_target((50, 8), gen)
+    w = torch.rand(50, 8, generator=gen, dtype=torch.float64)
+    got = _values_and_grads(lambda a, b: sigmoid_focal_loss(a, b, alpha, gamma), x, t, w)
+    exp = _values_and_grads(lambda a, b: paper.focal_loss(a, b, alpha, gamma), x, t, w)
     for a, b in zip(got, exp, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
@@ -272,16 +243,14 @@ def test_bce_keeps_relative_precision_for_confident_elements():
     torch.testing.assert_close(ours.double(), exact, rtol=1e-6, atol=0.0)
 
 
-@pytest.mark.parametrize(
-    ("beta", "alpha"), [(2.0, None), (2.0, 0.25), (1.5, None), (0.5, 0.7), (3.0, 0.5)]
-)
+@pytest.mark.parametrize(("beta", "alpha"), [(2.0, None), (2.0, 0.25), (1.5, None), (0.5, 0.7), (3.0, 0.5)])
 def test_quality_focal_matches_restatement(beta, alpha):
     gen = _seed(6)
     x = torch.randn(50, 8, generator=gen, dtype=torch.float64) * 4
     t = _soft_target((50, 8), gen)
     w = torch.rand(50, 8, generator=gen, dtype=torch.float64)
     got = _values_and_grads(lambda a, b: quality_focal_loss(a, b, beta, alpha), x, t, w)
-    exp = _values_and_grads(lambda a, b: _ref_qfl(a, b, beta, alpha), x, t, w)
+    exp = _values_and_grads(lambda a, b: paper.quality_focal_loss(a, b, beta, alpha), x, t, w)
     for a, b in zip(got, exp, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
@@ -293,7 +262,7 @@ def test_varifocal_matches_restatement(alpha, gamma):
     t = _soft_target((50, 8), gen)
     w = torch.rand(50, 8, generator=gen, dtype=torch.float64)
     got = _values_and_grads(lambda a, b: varifocal_loss(a, b, alpha, gamma), x, t, w)
-    exp = _values_and_grads(lambda a, b: _ref_vfl(a, b, alpha, gamma), x, t, w)
+    exp = _values_and_grads(lambda a, b: paper.varifocal_loss(a, b, alpha, gamma), x, t, w)
     for a, b in zip(got, exp, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
@@ -305,7 +274,7 @@ def test_distribution_focal_matches_restatement():
     target[0] = torch.tensor([0.0, 16.0, 15.995, 7.0])  # ends, the clamp band, an integer
     w = torch.rand(40, 4, generator=gen, dtype=torch.float64)
     got = _values_and_grads(distribution_focal_loss, logits, target, w)
-    exp = _values_and_grads(_ref_dfl, logits, target, w)
+    exp = _values_and_grads(paper.distribution_focal_loss, logits, target, w)
     for a, b in zip(got, exp, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
     ref_integral = (torch.softmax(logits, -1) * torch.arange(17, dtype=torch.float64)).sum(-1)
@@ -359,8 +328,8 @@ def test_large_logits_finite_and_exact():
     t = torch.tensor([0.0, 1.0, 0.4]).repeat(4)
     for fn, ref in [
         (sigmoid_focal_loss, tv_sigmoid_focal_loss),
-        (quality_focal_loss, _ref_qfl),
-        (varifocal_loss, _ref_vfl),
+        (quality_focal_loss, paper.quality_focal_loss),
+        (varifocal_loss, paper.varifocal_loss),
     ]:
         leaf = x.clone().requires_grad_()
         out = fn(leaf, t)
@@ -395,9 +364,7 @@ def test_registry_builds_and_reduces(name, cls, fn):
     torch.testing.assert_close(module(x, t), 2.0 * elem.mean())
     torch.testing.assert_close(module(x, t, weight=w, avg_factor=3.5), 2.0 * (elem * w).sum() / 3.5)
     per_anchor = torch.rand(6, generator=gen)  # (N,) weight against an (N, C) loss
-    torch.testing.assert_close(
-        module(x, t, weight=per_anchor), 2.0 * (elem * per_anchor[:, None]).mean()
-    )
+    torch.testing.assert_close(module(x, t, weight=per_anchor), 2.0 * (elem * per_anchor[:, None]).mean())
     torch.testing.assert_close(cls(reduction="sum")(x, t), elem.sum())
     torch.testing.assert_close(cls(reduction="none")(x, t, weight=w), elem * w)
 
@@ -417,9 +384,7 @@ def test_distribution_focal_module():
     )
 
 
-@pytest.mark.parametrize(
-    "name", ["FocalLoss", "QualityFocalLoss", "VarifocalLoss", "DistributionFocalLoss"]
-)
+@pytest.mark.parametrize("name", ["FocalLoss", "QualityFocalLoss", "VarifocalLoss", "DistributionFocalLoss"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_empty_input_gives_zero_with_gradient(name, reduction):
     module = LOSSES.build({"type": name, "reduction": reduction})

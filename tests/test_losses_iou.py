@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import references as paper
 import torch
 import torchvision.ops as tv
 
@@ -25,9 +26,7 @@ CLASSES = {
 }
 
 
-def box_pairs(
-    n: int, seed: int, dtype=torch.float32, scale: float = 100.0
-) -> tuple[torch.Tensor, torch.Tensor]:
+def box_pairs(n: int, seed: int, dtype=torch.float32, scale: float = 100.0) -> tuple[torch.Tensor, torch.Tensor]:
     """A mix of overlapping, disjoint and enclosing pairs with no tied coordinates."""
     g = torch.Generator().manual_seed(seed)
     xy = torch.rand(n, 2, generator=g, dtype=dtype) * scale
@@ -39,9 +38,7 @@ def box_pairs(
     k = n // 3
     pred[k : 2 * k] += scale  # disjoint
     grow = torch.rand(k, 4, generator=g, dtype=dtype) * 5 + 0.5
-    pred[2 * k : 3 * k] = target[2 * k : 3 * k] + grow * torch.tensor(
-        [-1, -1, 1, 1], dtype=dtype
-    )  # pred encloses
+    pred[2 * k : 3 * k] = target[2 * k : 3 * k] + grow * torch.tensor([-1, -1, 1, 1], dtype=dtype)  # pred encloses
     return pred, target
 
 
@@ -96,9 +93,7 @@ def test_hand_worked_values(pred, target, expected):
     p, t = torch.tensor([pred], dtype=torch.float64), torch.tensor([target], dtype=torch.float64)
     for mode, value in expected.items():
         assert iou_loss(p, t, mode=mode).item() == pytest.approx(value, abs=1e-6), mode
-        assert iou_loss(p.float(), t.float(), mode=mode).item() == pytest.approx(value, abs=1e-5), (
-            mode
-        )
+        assert iou_loss(p.float(), t.float(), mode=mode).item() == pytest.approx(value, abs=1e-5), mode
 
 
 # ---------------------------------------------------------------- torchvision: values and gradients
@@ -109,9 +104,7 @@ def test_values_and_gradients_match_torchvision(mode):
     p2, t2 = pred.clone().requires_grad_(), target.clone().requires_grad_()
     ours, ref = iou_loss(p1, t1, mode=mode), TV_LOSSES[mode](p2, t2)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
-    w = torch.rand(
-        300, generator=torch.Generator().manual_seed(1)
-    )  # a non-uniform upstream gradient
+    w = torch.rand(300, generator=torch.Generator().manual_seed(1))  # a non-uniform upstream gradient
     (ours * w).sum().backward()
     (ref * w).sum().backward()
     torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-5, atol=1e-7)
@@ -126,70 +119,33 @@ def test_gradcheck(mode):
     assert torch.autograd.gradcheck(lambda a, b: iou_loss(a, b, mode=mode), (p, t))
 
 
-def _ciou_aspect_term(
-    pred: torch.Tensor, target: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """v of the CIoU paper and alpha (plain autograd), for the gradcheck below."""
-    wp, hp = pred[:, 2] - pred[:, 0], pred[:, 3] - pred[:, 1]
-    wt, ht = target[:, 2] - target[:, 0], target[:, 3] - target[:, 1]
-    v = 4 / math.pi**2 * (torch.atan(wt / ht) - torch.atan(wp / hp)) ** 2
-    iou = 1 - iou_loss(pred, target, mode="iou", eps=0.0)
-    return v, v / (1 - iou + v)
-
-
 def test_gradcheck_ciou_with_constant_alpha():
     # CIoU's backward treats alpha as a constant, so its gradient is that of
     # h(x) = ciou(x) - alpha(x) v(x) + alpha(x0) v(x): the same function value moves, but the
     # analytic gradient of h is d diou + alpha(x0) dv, which is what gradcheck checks numerically.
     pred, target = box_pairs(12, 3, dtype=torch.float64, scale=10.0)
-    _, alpha0 = _ciou_aspect_term(pred, target)
+    _, alpha0 = paper.ciou_aspect_term(pred, target)
 
     def h(a, b):
-        v, alpha = _ciou_aspect_term(a, b)
+        v, alpha = paper.ciou_aspect_term(a, b)
         return iou_loss(a, b, mode="ciou", eps=0.0) - alpha.detach() * v + alpha0 * v
 
     assert torch.autograd.gradcheck(h, (pred.requires_grad_(), target.requires_grad_()))
 
 
-def _siou_paper(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """SIoU written as in Gevorgyan 2022 (arcsin angle cost), an independent reference."""
-    iou = 1 - iou_loss(pred, target, mode="iou", eps=eps)
-    sx = (target[:, 0] + target[:, 2] - pred[:, 0] - pred[:, 2]) / 2
-    sy = (target[:, 1] + target[:, 3] - pred[:, 1] - pred[:, 3]) / 2
-    sigma = torch.sqrt(sx**2 + sy**2)
-    sin_alpha = torch.minimum(sx.abs(), sy.abs()) / sigma  # the smaller angle to an axis
-    angle = torch.cos(2 * torch.asin(sin_alpha) - math.pi / 2)
-    cw = torch.max(pred[:, 2], target[:, 2]) - torch.min(pred[:, 0], target[:, 0])
-    ch = torch.max(pred[:, 3], target[:, 3]) - torch.min(pred[:, 1], target[:, 1])
-    gamma = 2 - angle
-    dist = (1 - torch.exp(-gamma * (sx / cw) ** 2)) + (1 - torch.exp(-gamma * (sy / ch) ** 2))
-    w1, h1 = pred[:, 2] - pred[:, 0], pred[:, 3] - pred[:, 1]
-    w2, h2 = target[:, 2] - target[:, 0], target[:, 3] - target[:, 1]
-    ow, oh = (w1 - w2).abs() / torch.max(w1, w2), (h1 - h2).abs() / torch.max(h1, h2)
-    shape = (1 - torch.exp(-ow)) ** 4 + (1 - torch.exp(-oh)) ** 4
-    return 1 - iou + (dist + shape) / 2
-
-
-def _eiou_plain(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """EIoU of Zhang et al. 2021 in plain autograd form, an independent reference."""
-    iou = 1 - iou_loss(pred, target, mode="iou", eps=0.0)
-    cw = torch.max(pred[:, 2], target[:, 2]) - torch.min(pred[:, 0], target[:, 0])
-    ch = torch.max(pred[:, 3], target[:, 3]) - torch.min(pred[:, 1], target[:, 1])
-    rho2 = ((pred[:, :2] + pred[:, 2:] - target[:, :2] - target[:, 2:]) ** 2).sum(1) / 4
-    dw = (pred[:, 2] - pred[:, 0]) - (target[:, 2] - target[:, 0])
-    dh = (pred[:, 3] - pred[:, 1]) - (target[:, 3] - target[:, 1])
-    return 1 - iou + rho2 / (cw**2 + ch**2) + dw**2 / cw**2 + dh**2 / ch**2
-
-
-@pytest.mark.parametrize("mode, reference", [("siou", _siou_paper), ("eiou", _eiou_plain)])
-def test_extra_modes_match_plain_statements(mode, reference):
+@pytest.mark.parametrize("mode", IOU_LOSS_MODES)
+def test_matches_paper_formulas_float64(mode):
+    # values and both gradients of the fused kernel against plain autograd on the papers' formulas
+    # (tests/references.py), eps = 0 so both are the formulas exactly
     pred, target = box_pairs(200, 4, dtype=torch.float64)
-    p1, p2 = pred.clone().requires_grad_(), pred.clone().requires_grad_()
-    ours, ref = iou_loss(p1, target, mode=mode), reference(p2, target)
-    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
-    ours.sum().backward()
-    ref.sum().backward()
-    torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-5, atol=1e-8)
+    w = torch.rand(200, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    grads = []
+    for fn in (lambda a, b: iou_loss(a, b, mode=mode, eps=0.0), paper.BOX_LOSSES[mode]):
+        p, t = pred.clone().requires_grad_(), target.clone().requires_grad_()
+        loss = fn(p, t)
+        grads.append((loss.detach(), *torch.autograd.grad((loss * w).sum(), (p, t))))
+    for ours, ref in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-12)
 
 
 # ---------------------------------------------------------------- mixed precision
@@ -203,11 +159,7 @@ def test_autocast_finite_and_close_to_fp32(mode, dtype, offset):
     with torch.autocast("cpu", dtype=dtype):
         low = iou_loss(p_low, target, mode=mode)
     low.sum().backward()
-    assert (
-        low.dtype == torch.float32
-        and torch.isfinite(low).all()
-        and torch.isfinite(p_low.grad).all()
-    )
+    assert low.dtype == torch.float32 and torch.isfinite(low).all() and torch.isfinite(p_low.grad).all()
     ref = iou_loss(pred.float(), target.float(), mode=mode)  # the same rounded inputs in fp32
     torch.testing.assert_close(low, ref, rtol=0, atol=1e-3)
 

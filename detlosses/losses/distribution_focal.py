@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._validation import check_floating
+from .._validation import check_floating, check_range, upcast
 from ..registry import LOSSES
 from ._reduction import WeightedLoss
 
@@ -29,14 +29,9 @@ def _check_bins(logits: torch.Tensor) -> int:
     check_floating("logits", logits)
     if logits.dim() < 1 or logits.shape[-1] < 2:
         raise ValueError(
-            "logits must have shape (..., n_bins) with n_bins >= 2 (reg_max + 1), "
-            f"got {tuple(logits.shape)}"
+            f"logits must have shape (..., n_bins) with n_bins >= 2 (reg_max + 1), got {tuple(logits.shape)}"
         )
     return logits.shape[-1]
-
-
-def _as_float(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor if tensor.dtype == torch.float64 else tensor.float()
 
 
 def distribution_integral(logits: torch.Tensor) -> torch.Tensor:
@@ -55,7 +50,7 @@ def distribution_integral(logits: torch.Tensor) -> torch.Tensor:
         ``(...)`` expected bin in [0, n_bins - 1].
     """
     n_bins = _check_bins(logits)
-    x = _as_float(logits)
+    x = upcast(logits)
     with torch.autocast(x.device.type, enabled=False):  # keep the matmul out of fp16/bf16
         # (..., n_bins) @ (n_bins,) -> (...)
         return torch.softmax(x, dim=-1) @ torch.arange(n_bins, dtype=x.dtype, device=x.device)
@@ -64,13 +59,20 @@ def distribution_integral(logits: torch.Tensor) -> torch.Tensor:
 class _DistributionFocalFunction(torch.autograd.Function):
     """DFL = -(w_l * log_softmax(z)[y_l] + w_r * log_softmax(z)[y_r]) on rows z of n bins.
 
-    y_l = floor(y), y_r = y_l + 1, w_l = y_r - y, w_r = y - y_l (w_l + w_r = 1), so
+    Forward quantities: y clamped to [0, y_max], y_l = floor(y), y_r = y_l + 1,
+    w_l = y_r - y, w_r = y - y_l (w_l + w_r = 1), L = log_softmax(z).
+    Saved for backward: L, the bin indices (y_l, y_r), (w_l, w_r), the picked L[y_l], L[y_r]
+    and the 0/1 mask of targets strictly inside (0, y_max) (where the clamp passes a gradient).
 
-    dDFL/dz = softmax(z) - w_l * onehot(y_l) - w_r * onehot(y_r)
-    dDFL/dy = log_softmax(z)[y_l] - log_softmax(z)[y_r]   (0 unless 0 < y < clamp bound)
+    Chain rule, with dL[k]/dz = onehot(k) - softmax(z) and dw_l/dy = -1, dw_r/dy = +1:
+
+    dDFL/dz = softmax(z) * (w_l + w_r) - w_l * onehot(y_l) - w_r * onehot(y_r)
+            = exp(L) - w_l * onehot(y_l) - w_r * onehot(y_r)
+    dDFL/dy = L[y_l] - L[y_r]   (0 unless 0 < y < y_max)
 
     One log_softmax for both bins (two cross-entropies would compute it twice).
-    once_differentiable.
+    once_differentiable. ``tests/references.py`` restates DFL with plain autograd; the tests
+    compare values and both gradients in float64.
     """
 
     @staticmethod
@@ -117,7 +119,8 @@ def distribution_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch
 
     Raises:
         ValueError: non-float logits, n_bins < 2, a target shape other than
-            ``logits.shape[:-1]``, or targets outside [0, n_bins - 1] by more than 1e-3.
+            ``logits.shape[:-1]``, a NaN target, or targets outside [0, n_bins - 1] by more
+            than 1e-3 (one ``aminmax`` over the target and one host read).
     """
     n_bins = _check_bins(logits)
     if not isinstance(target, torch.Tensor):
@@ -127,19 +130,11 @@ def distribution_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch
             f"target must have shape logits.shape[:-1] = {tuple(logits.shape[:-1])} "
             f"(one distance per distribution), got {tuple(target.shape)}"
         )
-    z = _as_float(logits)
+    z = upcast(logits)
     y = target.to(z.dtype)
-    if y.numel():
-        low, high = (v.item() for v in torch.aminmax(y.detach()))
-        if low < -_RANGE_TOL or high > n_bins - 1 + _RANGE_TOL:
-            raise ValueError(
-                f"target must lie in [0, n_bins - 1] = [0, {n_bins - 1}] (distances in bin "
-                f"units, see bbox2distance(..., max_dis={n_bins - 1})), got values in "
-                f"[{low:g}, {high:g}]"
-            )
-    loss = _DistributionFocalFunction.apply(
-        z.reshape(-1, n_bins), y.reshape(-1), n_bins - 1 - _RIGHT_MARGIN
-    )
+    hint = f" = [0, n_bins - 1] (distances in bin units, see bbox2distance(..., max_dis={n_bins - 1}))"
+    check_range("target", y, 0.0, n_bins - 1, hint, tolerance=_RANGE_TOL)
+    loss = _DistributionFocalFunction.apply(z.reshape(-1, n_bins), y.reshape(-1), n_bins - 1 - _RIGHT_MARGIN)
     return loss.view(target.shape)
 
 

@@ -15,10 +15,9 @@ import math
 
 import torch
 
-from .._validation import check_boxes, check_same_shape
-from ..boxes import _upcast
+from .._validation import check_boxes, check_number, check_same_shape, upcast
 from ..registry import LOSSES
-from ._reduction import WeightedLoss
+from ._reduction import WeightedLoss, weight_reduce_loss
 
 __all__ = [
     "IOU_LOSS_MODES",
@@ -36,24 +35,44 @@ _FOUR_OVER_PI2 = 4.0 / math.pi**2
 
 
 class _IoULossFunction(torch.autograd.Function):
-    """``1 - IoU-variant`` of aligned ``pred`` (N, 4) and ``target`` (N, 4) -> (N,).
+    """``1 - IoU-variant`` of aligned ``pred`` (N, 4) and ``target`` (N, 4) -> (N,), fused backward.
 
-    Features (all computed from the corner block ``c`` (4 boxes, 4 coords, N)):
-    ``size`` (4, 2, N): (w, h) of [pred, target, intersection, enclosure], clamped at 0;
-    ``area`` (4, N) their areas; ``dc`` (2, N): twice the centre offset, target - pred.
-    The backward computes d loss / d feature, then maps the feature gradients back to
-    the corners (x2, y2 are stored negated so that one max gives the intersection and one
-    min the enclosing box of all four coordinates).
+    Forward features (all from the corner block ``corners`` (4 boxes, 4 coords, N), x2 and y2
+    stored negated so that one max gives the intersection and one min the enclosing box):
+    ``neg_size`` (4, 2, N) = -(w, h) of [pred, target, intersection, enclosure], raw;
+    ``size`` = its negation clamped at 0; ``area`` (4, N); U = a_p + a_t - I + eps;
+    IoU = I / U; ``dc`` (2, N) = twice the centre offset, target - pred.
+
+    Saved for backward: ``pred_wins`` (1 where pred's corner coordinate >= target's), ``neg_size``,
+    ``size``, U, IoU and the mode's terms: giou E = a_e + eps; diou/ciou/eiou dc, rho^2 = |dc|^2 / 4
+    and c^2 = |r_e|^2 + eps of the raw enclosure extent r_e = -neg_size[3]; ciou h + eps,
+    w^2 + (h + eps)^2 and 2 (4/pi^2) alpha delta (delta = atan_target - atan_pred); eiou
+    c_t^2 = r_e^2 + eps and w - w_gt per side; siou the features of :func:`_siou_cost`.
+
+    Backward, the chain rule in three layers (``once_differentiable``):
+
+    1. loss -> areas, offsets, raw extents. For 1 - I / U: dl/da_p = dl/da_t = IoU / U,
+       dl/dI = -(1 + IoU) / U. giou adds (E - U) / E: -1/E to a_p, a_t, +1/E to I and
+       U / E^2 to a_e. diou/ciou/eiou add rho^2 / c^2: dl/d dc = dc / (2 c^2) and
+       dl/d r_e = -2 rho^2 r_e / c^4. ciou adds alpha v with alpha constant (as the paper and
+       torchvision): dv/dw = -/+ 2 (4/pi^2) delta (h + eps) / (w^2 + (h + eps)^2) and
+       dv/dh = +/- 2 (4/pi^2) delta w / (w^2 + (h + eps)^2) (pred / target). eiou adds
+       sum_t (w_t - w_gt)^2 / c_t^2: +/- 2 (w_t - w_gt) / c_t^2 to the sizes and
+       -2 (w_t - w_gt)^2 r_e / c_t^4 to the extent. siou: :func:`_siou_backward`.
+    2. areas -> sizes: d area / d w = h, d area / d h = w; the clamp at 0 passes the gradient
+       where the raw size is >= 0; the raw extent terms are added after the clamp.
+    3. sizes and offsets -> corners: w = (-x2) + x1 negated, per box; the intersection corner
+       is the max of pred's and target's (its gradient goes to pred where ``pred_wins``), the
+       enclosure corner the min (to the other box); dc = (x1 + x2)_target - (x1 + x2)_pred.
+
+    ``tests/references.py`` restates each mode with plain autograd; the tests compare values
+    and both gradients in float64 (and gradcheck the Function).
     """
 
     @staticmethod
-    def forward(
-        ctx, pred: torch.Tensor, target: torch.Tensor, mode: str, eps: float
-    ) -> torch.Tensor:
+    def forward(ctx, pred: torch.Tensor, target: torch.Tensor, mode: str, eps: float) -> torch.Tensor:
         n = pred.shape[0]
-        corners = pred.new_empty(
-            4, 4, n
-        )  # [pred, target, intersection, enclosure] x (x1, y1, -x2, -y2)
+        corners = pred.new_empty(4, 4, n)  # [pred, target, intersection, enclosure] x (x1, y1, -x2, -y2)
         torch.stack((pred.t(), target.t()), out=corners[:2])
         corners[:2, 2:].neg_()
         torch.maximum(corners[0], corners[1], out=corners[2])  # intersection (x1, y1, -x2, -y2)
@@ -91,18 +110,14 @@ class _IoULossFunction(torch.autograd.Function):
                     v = _FOUR_OVER_PI2 * delta.square()
                     alpha = v / (1 - iou + v + eps)  # a constant in backward, as in the CIoU paper
                     loss += alpha * v
-                    saved.update(
-                        h_eps=h_eps, denom=denom, coef=alpha * delta * (2 * _FOUR_OVER_PI2)
-                    )
+                    saved.update(h_eps=h_eps, denom=denom, coef=alpha * delta * (2 * _FOUR_OVER_PI2))
                 elif mode == "eiou":
                     side2 = neg_size[3].square() + eps  # (2, N) enclosure w^2, h^2 (raw, as diag2)
                     dwh = size[0] - size[1]  # (2, N)
                     loss += (dwh.square() / side2).sum(0)
                     saved.update(side2=side2, dwh=dwh)
         ctx.mode, ctx.eps, ctx.keys = mode, eps, list(saved)
-        pred_wins = torch.ge(
-            corners[0], corners[1], out=torch.empty_like(corners[0])
-        )  # float 0/1: faster than bool
+        pred_wins = torch.ge(corners[0], corners[1], out=torch.empty_like(corners[0]))  # float 0/1: faster than bool
         ctx.save_for_backward(pred_wins, neg_size, size, union, iou, *saved.values())
         return loss
 
@@ -134,9 +149,7 @@ class _IoULossFunction(torch.autograd.Function):
             # d loss / d raw enclosure size r = -neg_size[3] (unclamped): -g rho2 / diag2^2 * 2 r
             g_enc_raw = (2 * g_rho2 * s["rho2"] / s["diag2"]) * neg_size[3]
         if mode == "ciou":  # + alpha * v, alpha constant
-            coef = (
-                grad * s["coef"] / s["denom"]
-            )  # (2, N), d v / d w = -/+ coef * (h + eps), d v / d h = +/- coef * w
+            coef = grad * s["coef"] / s["denom"]  # (2, N), d v / d w = -/+ coef * (h + eps), d v / d h = +/- coef * w
             g_size[0, 0] -= coef[0] * s["h_eps"][0]
             g_size[0, 1] += coef[0] * size[0, 0]
             g_size[1, 0] += coef[1] * s["h_eps"][1]
@@ -149,18 +162,14 @@ class _IoULossFunction(torch.autograd.Function):
             g_enc_raw += g_dwh * ratio * neg_size[3]
         elif mode == "siou":
             g_dc = _siou_backward(grad, size, s, eps, g_size)
-        g_size *= torch.le(
-            neg_size, 0, out=torch.empty_like(neg_size)
-        )  # clamp(min=0) passes raw sizes >= 0
+        g_size *= torch.le(neg_size, 0, out=torch.empty_like(neg_size))  # clamp(min=0) passes raw sizes >= 0
         if mode in ("diou", "ciou", "eiou"):  # terms of the raw enclosure extent (size = -neg_size)
             g_size[3] += g_enc_raw
         # Back to the corners, laid out (half, xy, N) with halves (x1, y1) and (-x2, -y2): each
         # size is -(half 0 + half 1) of its box; the intersection corner is the max, the enclosure
         # corner the min of pred's and target's; dc = (t - p)[half 0] - (t - p)[half 1].
         pred_wins = pred_wins.view(2, 2, -1)
-        routed = (
-            pred_wins * (g_size[2] - g_size[3]) + g_size[3]
-        )  # (2, 2, N) reaching pred through max/min
+        routed = pred_wins * (g_size[2] - g_size[3]) + g_size[3]  # (2, 2, N) reaching pred through max/min
         grad_pred = grad_target = None
         if ctx.needs_input_grad[0]:
             grad_pred = routed + g_size[0]  # minus the gradient in corner coordinates
@@ -183,9 +192,7 @@ def _to_box_grad(neg_corner_grad: torch.Tensor, g_dc: torch.Tensor | None) -> to
     return neg_corner_grad.view(4, -1).t()
 
 
-def _siou_cost(
-    size: torch.Tensor, dc: torch.Tensor, eps: float, saved: dict[str, torch.Tensor]
-) -> torch.Tensor:
+def _siou_cost(size: torch.Tensor, dc: torch.Tensor, eps: float, saved: dict[str, torch.Tensor]) -> torch.Tensor:
     """SIoU's (distance cost + shape cost) / 2 (Gevorgyan 2022), features saved for backward.
 
     With (sx, sy) the centre offset, (cw, ch) the enclosing box and theta = 4:
@@ -233,7 +240,20 @@ def _siou_backward(
     eps: float,
     g_size: torch.Tensor,
 ) -> torch.Tensor:
-    """Add SIoU's cost gradient to ``g_size`` in place and return d loss / d dc."""
+    """Add SIoU's cost gradient to ``g_size`` in place and return d loss / d dc.
+
+    Saved by :func:`_siou_cost`: the offset s = dc / 2, |s|, q = |s|^2 + eps, the angle cost L,
+    gamma = 2 - L, c_t^2 + eps, rho_t, exp(-gamma rho_t), w - w_gt, m = max(w, w_gt) + eps,
+    omega and exp(-omega). With loss += (D + S) / 2, D = sum_t 1 - exp(-gamma rho_t):
+
+    * dD/d rho_t = gamma exp(-gamma rho_t), dD/d gamma = sum_t rho_t exp(-gamma rho_t), dgamma/dL = -1;
+    * rho_t = s_t^2 / (c_t^2 + eps): d/d s_t = 2 s_t / (c_t^2 + eps), d/d c_t = -2 rho_t c_t / (c_t^2 + eps);
+    * L = 2 |s_x| |s_y| / q: dL/d s_x = 2 (sign(s_x) |s_y| - L s_x) / q (and x, y swapped);
+    * S = sum_t (1 - exp(-omega_t))^4: dS/d omega = 4 (1 - e)^3 e, omega = |w - w_gt| / m, so
+      d omega / dw = (sign(w - w_gt) - [w >= w_gt] omega) / m and
+      d omega / dw_gt = -(sign(w - w_gt) + [w < w_gt] omega) / m;
+    * s = dc / 2 halves the offset gradient on the way back to dc.
+    """
     half = grad * 0.5
     off, abs_off, q = s["off"], s["abs_off"], s["q"]
     ge = half * s["gamma"] * s["e_rho"]  # (2, N) d loss / d rho
@@ -252,9 +272,7 @@ def _siou_backward(
     return g_off * 0.5
 
 
-def iou_loss(
-    pred: torch.Tensor, target: torch.Tensor, mode: str = "giou", eps: float = 1e-7
-) -> torch.Tensor:
+def iou_loss(pred: torch.Tensor, target: torch.Tensor, mode: str = "giou", eps: float = 1e-7) -> torch.Tensor:
     """``1 - IoU-variant`` of aligned ``xyxy`` boxes, unreduced.
 
     Args:
@@ -283,17 +301,21 @@ def iou_loss(
 
     An inverted box (x2 < x1) counts as zero-width; every denominator is positive, so the
     loss and its gradient are finite for finite input (zero-area, identical, disjoint boxes).
+    Non-finite coordinates are not checked here (that would cost a reduction and a host read
+    per call; the criterion checks its inputs): NaN/inf propagate to the loss, as in
+    torchvision.ops.
     """
     check_boxes("pred", pred)
     check_boxes("target", target)
     check_same_shape("pred", pred, "target", target)
     if mode not in IOU_LOSS_MODES:
         raise ValueError(f"mode must be one of {IOU_LOSS_MODES}, got {mode!r}")
-    pred, target = _upcast(pred), _upcast(target)
+    pred, target = upcast(pred), upcast(target)
     if pred.dtype != target.dtype:
         pred, target = pred.double(), target.double()
     shape = pred.shape[:-1]
-    loss = _IoULossFunction.apply(pred.reshape(-1, 4), target.reshape(-1, 4), mode, float(eps))
+    eps = check_number("eps", eps, minimum=0.0)
+    loss = _IoULossFunction.apply(pred.reshape(-1, 4), target.reshape(-1, 4), mode, eps)
     return loss.reshape(shape)
 
 
@@ -302,14 +324,38 @@ class _IoUModeLoss(WeightedLoss):
 
     mode = "iou"
 
-    def __init__(
-        self, loss_weight: float = 1.0, reduction: str = "mean", eps: float = 1e-7
-    ) -> None:
+    def __init__(self, loss_weight: float = 1.0, reduction: str = "mean", eps: float = 1e-7) -> None:
         super().__init__(loss_weight=loss_weight, reduction=reduction)
-        self.eps = eps
+        self.eps = check_number("eps", eps, minimum=0.0)
 
     def elementwise(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return iou_loss(pred, target, mode=self.mode, eps=self.eps)
+
+    def forward(
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        avg_factor: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``loss_weight * reduce(weight * iou_loss(pred, target))`` for boxes ``(..., 4)``.
+
+        ``weight`` is one value per box, ``(...)`` or ``(..., 1)``, or one per coordinate,
+        ``(..., 4)``, which is averaged over the coordinates (as mmdetection's IoU losses do).
+        """
+        loss = self.elementwise(pred, target)  # (...), after the box checks
+        if isinstance(weight, torch.Tensor):
+            boxes = tuple(loss.shape)
+            if weight.shape == (*boxes, 4):
+                weight = weight.mean(-1)
+            elif weight.shape == (*boxes, 1):
+                weight = weight.squeeze(-1)
+            elif weight.shape != boxes:
+                raise ValueError(
+                    f"weight must have shape {boxes} (one per box), {(*boxes, 1)} or {(*boxes, 4)} "
+                    f"(per coordinate, averaged), got {tuple(weight.shape)}"
+                )
+        return self.loss_weight * weight_reduce_loss(loss, weight, self.reduction, avg_factor)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, {super().extra_repr()}, eps={self.eps}"

@@ -11,7 +11,7 @@ from torch.autograd.function import once_differentiable
 
 from ..registry import LOSSES
 from ._reduction import WeightedLoss
-from .focal import _TINY, _alpha_weight, _as_float, _bce_with_logits, _check_nonnegative, _mul
+from ._sigmoid import TINY, alpha_weight, as_float_pair, bce_with_logits, check_nonnegative, mul
 
 __all__ = ["QualityFocalLoss", "quality_focal_loss"]
 
@@ -19,41 +19,47 @@ __all__ = ["QualityFocalLoss", "quality_focal_loss"]
 def _check_alpha(alpha: float | None) -> float | None:
     if alpha is None:
         return None
-    if not 0.0 <= alpha <= 1.0:
+    value = check_nonnegative("alpha", alpha)
+    if value > 1.0:
         raise ValueError(f"alpha must be in [0, 1] or None (no alpha weight), got {alpha!r}")
-    return float(alpha)
+    return value
 
 
 def _dpow(e: torch.Tensor, beta: float) -> torch.Tensor:
     """``d|e|**beta / de = beta * sign(e) * |e|**(beta-1)`` (a new tensor), 0 at e == 0."""
     if beta == 2:
         return e * 2.0
-    return e.abs().clamp_min_(_TINY).pow_(beta - 1.0).mul_(e.sign()).mul_(beta)
+    return e.abs().clamp_min_(TINY).pow_(beta - 1.0).mul_(e.sign()).mul_(beta)
 
 
 class _QualityFocalFunction(torch.autograd.Function):
-    """QFL = a_t * BCE(x, t) * d**b, e = p - t, d = |e|, with a fused backward.
+    """QFL = a_t * B * d**b with a fused backward (once_differentiable: no second derivatives).
 
-    With h = d(d**b)/dp = b * sign(e) * d**(b-1) and p' = p(1 - p):
+    Forward quantities: p = sigmoid(x), B = BCE(x, t), e = p - t, d = |e|, w = d**b,
+    a_t = a*t + (1 - a)*(1 - t) (absent without alpha). Saved for backward: x, p, B, e, w, a_t.
 
-    dQFL/dx = a_t * [e * d**b + BCE * h * p']
-    dQFL/dt = a_t * [-x * d**b - BCE * h] + (2a - 1) * BCE * d**b
+    Chain rule, with dB/dx = e, dB/dt = -x, dp/dx = p(1 - p), de/dt = -1, da_t/dt = 2a - 1 and
+    h = dw/de = b * sign(e) * d**(b-1):
 
-    beta == 2 uses d**2 = e*e and h = 2e (no pow, no abs). Otherwise ``d**(b-1)`` is taken
-    of ``d`` clamped to the smallest normal float and multiplied by sign(e), so at p == t
-    the gradient is 0, not NaN, for every beta >= 0. once_differentiable.
+    dQFL/dx = a_t * [e * w + B * h * p(1 - p)]
+    dQFL/dt = a_t * [-x * w - B * h] + (2a - 1) * B * w
+
+    beta == 2 uses w = e*e and h = 2e (no pow, no abs). Otherwise ``d**(b-1)`` is taken of
+    ``d`` clamped to the smallest normal float and multiplied by sign(e), so at p == t the
+    gradient is 0, not NaN, for every beta >= 0. ``tests/references.py`` restates QFL with
+    plain autograd; the tests compare values and both gradients in float64.
     """
 
     @staticmethod
     def forward(ctx, x, t, beta: float, alpha: float | None):
         p = torch.sigmoid(x)
-        bce = _bce_with_logits(x, t)
+        bce = bce_with_logits(x, t)
         e = p - t
         w = e * e if beta == 2 else e.abs().pow_(beta)  # |p - t| ** beta
-        a_t = _alpha_weight(t, alpha)
+        a_t = alpha_weight(t, alpha)
         ctx.beta, ctx.alpha = beta, alpha
         ctx.save_for_backward(x, p, bce, e, w, a_t)
-        return _mul(bce * w, a_t)
+        return mul(bce * w, a_t)
 
     @staticmethod
     @once_differentiable
@@ -67,9 +73,9 @@ class _QualityFocalFunction(torch.autograd.Function):
                 grad_x = torch.addcmul(w, q, bce, value=2.0, out=q).mul_(e)
             else:
                 grad_x = q.mul_(bce).mul_(_dpow(e, b)).addcmul_(e, w)
-            grad_x = _mul(grad_x, a_t).mul_(grad)
+            grad_x = mul(grad_x, a_t).mul_(grad)
         if ctx.needs_input_grad[1]:
-            grad_t = _mul(torch.addcmul(_dpow(e, b).mul_(bce), x, w).neg_(), a_t)
+            grad_t = mul(torch.addcmul(_dpow(e, b).mul_(bce), x, w).neg_(), a_t)
             if a_t is not None:
                 grad_t.addcmul_(bce, w, value=2.0 * ctx.alpha - 1.0)
             grad_t.mul_(grad)
@@ -97,10 +103,15 @@ def quality_focal_loss(
 
     Gradients flow to ``logits`` and, if it requires grad, to ``target`` (fused closed
     form, no second derivatives).
+
+    Raises:
+        ValueError: non-float logits, a target of another shape, a target outside [0, 1] or
+            NaN (one ``aminmax`` over it and one host read), or a bad hyperparameter. NaN/inf
+            logits are not checked: they propagate to the loss, as in torch.nn.functional.
     """
-    beta = _check_nonnegative("beta", beta)
+    beta = check_nonnegative("beta", beta)
     alpha = _check_alpha(alpha)
-    x, t = _as_float(logits, target)
+    x, t = as_float_pair(logits, target)
     return _QualityFocalFunction.apply(x, t, beta, alpha)
 
 
@@ -120,7 +131,7 @@ class QualityFocalLoss(WeightedLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(loss_weight, reduction)
-        self.beta = _check_nonnegative("beta", beta)
+        self.beta = check_nonnegative("beta", beta)
         self.alpha = _check_alpha(alpha)
 
     def elementwise(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

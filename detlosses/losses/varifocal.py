@@ -11,27 +11,32 @@ from torch.autograd.function import once_differentiable
 
 from ..registry import LOSSES
 from ._reduction import WeightedLoss
-from .focal import _as_float, _bce_with_logits, _check_nonnegative
+from ._sigmoid import as_float_pair, bce_with_logits, check_nonnegative
 
 __all__ = ["VarifocalLoss", "varifocal_loss"]
 
 
 class _VarifocalFunction(torch.autograd.Function):
-    """VFL = BCE(x, t) * w, w = t where t > 0 else alpha * p**g, with a fused backward.
+    """VFL = B * w, w = t where t > 0 else alpha * p**g, with a fused backward (once_differentiable).
 
-    The weight is differentiated too (as mmdetection and ultralytics do: they do not
-    detach it): d(alpha * p**g)/dx = g * alpha * p**g * (1 - p), so with [.] an indicator
+    Forward quantities: p = sigmoid(x), B = BCE(x, t), pos = [t > 0] (a 0/1 float), w.
+    Saved for backward: x, t, p, B, pos, w.
 
-    dVFL/dx = w * [(p - t) + [t <= 0] * g * BCE * (1 - p)]
-    dVFL/dt = -x * w + [t > 0] * BCE
+    The weight is differentiated too (as mmdetection and ultralytics do: they do not detach
+    it). Chain rule, with dB/dx = p - t, dB/dt = -x, d(alpha * p**g)/dx = g * alpha * p**g *
+    (1 - p) = g * w * (1 - p) on negatives, and dw/dt = pos:
 
-    (no division, so nothing to guard at p == 0). once_differentiable.
+    dVFL/dx = w * [(p - t) + (1 - pos) * g * B * (1 - p)]
+    dVFL/dt = -x * w + pos * B
+
+    (no division, so nothing to guard at p == 0). ``tests/references.py`` restates VFL with
+    plain autograd; the tests compare values and both gradients in float64.
     """
 
     @staticmethod
     def forward(ctx, x, t, alpha: float, gamma: float):
         p = torch.sigmoid(x)
-        bce = _bce_with_logits(x, t)
+        bce = bce_with_logits(x, t)
         pos = torch.sign(t).clamp_min_(0.0)  # 1.0 where t > 0, else 0.0
         w = p * p if gamma == 2 else p.pow(gamma)
         w.mul_(alpha).lerp_(t, pos)  # exact at the ends: t where pos, alpha p**g elsewhere
@@ -53,9 +58,7 @@ class _VarifocalFunction(torch.autograd.Function):
         return grad_x, grad_t, None, None
 
 
-def varifocal_loss(
-    logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.75, gamma: float = 2.0
-) -> torch.Tensor:
+def varifocal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.75, gamma: float = 2.0) -> torch.Tensor:
     """Varifocal loss, element-wise (no reduction).
 
     ``VFL = BCE(x, t) * (t if t > 0 else alpha * sigmoid(x)**gamma)``: positives (t > 0,
@@ -75,10 +78,15 @@ def varifocal_loss(
 
     Gradients flow to ``logits`` and, if it requires grad, to ``target`` (fused closed
     form, no second derivatives).
+
+    Raises:
+        ValueError: non-float logits, a target of another shape, a target outside [0, 1] or
+            NaN (one ``aminmax`` over it and one host read), or a bad hyperparameter. NaN/inf
+            logits are not checked: they propagate to the loss, as in torch.nn.functional.
     """
-    alpha = _check_nonnegative("alpha", alpha)
-    gamma = _check_nonnegative("gamma", gamma)
-    x, t = _as_float(logits, target)
+    alpha = check_nonnegative("alpha", alpha)
+    gamma = check_nonnegative("gamma", gamma)
+    x, t = as_float_pair(logits, target)
     return _VarifocalFunction.apply(x, t, alpha, gamma)
 
 
@@ -98,8 +106,8 @@ class VarifocalLoss(WeightedLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(loss_weight, reduction)
-        self.alpha = _check_nonnegative("alpha", alpha)
-        self.gamma = _check_nonnegative("gamma", gamma)
+        self.alpha = check_nonnegative("alpha", alpha)
+        self.gamma = check_nonnegative("gamma", gamma)
 
     def elementwise(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return varifocal_loss(pred, target, self.alpha, self.gamma)
