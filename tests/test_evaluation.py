@@ -27,6 +27,7 @@ from detlosses.evaluation import (
     InvalidPredictionsError,
     coco_evaluate,
     plot_pr_curves,
+    pr_curves,
     validate_predictions,
 )
 from lightning_modules.eval_cli import main
@@ -392,10 +393,8 @@ def test_plot_returns_written_paths(tmp_path, reports):
 def test_plotted_curves_average_to_the_report_aps(reports):
     # each overall curve is precision vs recall threshold; its mean over the 101 thresholds
     # must be the matching pycocotools stat (AP50, AP75, AP)
-    from detlosses.evaluation import _pr_curves
-
     report = reports["pycocotools"]
-    curves = _pr_curves(report.precision[:, :, :, 0, 2], report.iou_thrs)
+    curves = pr_curves(report.precision[:, :, :, 0, 2], report.iou_thrs)
     for label, stat in (("IoU=0.50", "AP50"), ("IoU=0.75", "AP75"), ("IoU=0.50:0.95", "AP")):
         assert curves[label].shape == (101,)
         assert abs(curves[label].mean() - report.stats[stat]) < 1e-12

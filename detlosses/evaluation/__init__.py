@@ -10,7 +10,7 @@ matplotlib are imported inside the functions that need them, and torch never is.
 * :mod:`.plots` — precision-recall curves and the confusion matrix as PNG.
 """
 
-
+from .confusion import ConfusionMatrix, best_f1_thresholds, confusion_matrix
 from .errors import ERROR_NAMES, SPECIAL_ERROR_NAMES, TIDEErrors, tide_errors
 from .inputs import (
     COCOInputError,
@@ -22,7 +22,7 @@ from .inputs import (
     validate_predictions,
 )
 from .metric import BACKENDS, STAT_NAMES, COCOReport, coco_evaluate
-
+from .plots import plot_confusion_matrix, plot_pr_curves, pr_curves
 
 __all__ = [
     "BACKENDS",

@@ -30,6 +30,7 @@ figures are tidecv's own, not just close to them.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -132,7 +133,7 @@ def _mean_ap(classes: np.ndarray, scores: np.ndarray, tp: np.ndarray, seq: np.nd
     order = np.lexsort((seq, -scores, classes))
     classes, tp = classes[order], tp[order]
     starts = _group_starts(classes)
-    with_dets = {int(classes[s]): tp[s:e] for s, e in zip(starts[:-1], starts[1:], strict=True)}
+    with_dets = {int(classes[s]): tp[s:e] for s, e in itertools.pairwise(starts)}
     aps = [
         _class_ap(with_dets.get(k, np.zeros(0, bool)), n) for k, n in num_gt.items() if n > 0 or k in with_dets
     ]

@@ -100,6 +100,15 @@ def _boxes_array(boxes: list) -> np.ndarray | None:
     return np.array(boxes, dtype=np.float64).reshape(len(boxes), 4)
 
 
+def _category_names(categories: list[dict]) -> list[str]:
+    """Display names of categories: their "name", with the id added where a name repeats."""
+    names = [str(category.get("name", category["id"])) for category in categories]
+    return [
+        f"{name} (id {category['id']})" if names.count(name) > 1 else name
+        for name, category in zip(names, categories, strict=True)
+    ]
+
+
 def _duplicates(ids: list) -> list:
     return [value for value, count in Counter(ids).items() if count > 1]
 

@@ -29,7 +29,17 @@ from typing import Any
 
 import numpy as np
 
-from .inputs import InvalidPredictionsError, _as_id, _check_entries, format_problems, load_ground_truth, load_predictions
+from .confusion import ConfusionMatrix, best_f1_thresholds, confusion_matrix
+from .errors import TIDEErrors, tide_errors
+from .inputs import (
+    InvalidPredictionsError,
+    _as_id,
+    _category_names,
+    _check_entries,
+    format_problems,
+    load_ground_truth,
+    load_predictions,
+)
 
 __all__ = ["BACKENDS", "STAT_NAMES", "COCOReport", "coco_evaluate"]
 
@@ -73,6 +83,10 @@ class COCOReport:
         max_dets: the M detection budgets (1, 10, 100).
         num_predictions: entries evaluated; dropped: (entry index, reason) of the entries
             removed by ``drop_invalid``.
+        errors: TIDE's error breakdown (:func:`tide_errors`), with ``errors=True``.
+        confusion: the confusion matrix (:func:`confusion_matrix`), with ``errors=True``.
+        best_f1: per class, the F1-optimal score threshold (:func:`best_f1_thresholds`), with
+            ``errors=True``.
     """
 
     stats: dict[str, float]
@@ -88,6 +102,9 @@ class COCOReport:
     backend: str
     num_predictions: int
     dropped: list[tuple[int, str]] = field(default_factory=list)
+    errors: TIDEErrors | None = None
+    confusion: ConfusionMatrix | None = None
+    best_f1: dict[str, dict] | None = None
 
     @property
     def num_dropped(self) -> int:
@@ -118,12 +135,34 @@ class COCOReport:
             lines.append(f"{name:<{width}}  " + "  ".join(cells))
         return "\n".join(lines)
 
+    def format_best_f1(self) -> str:
+        """The per-class F1-optimal score threshold table as aligned text."""
+        if not self.best_f1:
+            return "(no per-class F1 thresholds)"
+        width = max(len("category"), *(len(name) for name in self.best_f1))
+        header = f"{'category':<{width}}  {'score':>6}  {'P':>6}  {'R':>6}  {'F1':>6}"
+        lines = [header, "-" * len(header)]
+        for name, row in self.best_f1.items():
+            thr = f"{'-':>6}" if row["score_thr"] is None else f"{row['score_thr']:6.3f}"
+            lines.append(
+                f"{name:<{width}}  {thr}  " + "  ".join(f"{row[k]:6.3f}" for k in ("precision", "recall", "f1"))
+            )
+        return "\n".join(lines)
+
     def to_dict(self) -> dict[str, Any]:
-        """{"stats": {...}, "per_class": {...}} (JSON-serialisable)."""
-        return {
+        """{"stats", "per_class"} and, when computed, {"errors", "confusion", "best_f1"}
+        (JSON-serialisable)."""
+        out: dict[str, Any] = {
             "stats": dict(self.stats),
             "per_class": {k: dict(v) for k, v in self.per_class.items()},
         }
+        if self.errors is not None:
+            out["errors"] = self.errors.to_dict()
+        if self.confusion is not None:
+            out["confusion"] = self.confusion.to_dict()
+        if self.best_f1 is not None:
+            out["best_f1"] = {k: dict(v) for k, v in self.best_f1.items()}
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,20 +225,15 @@ def _slice_mean(values: np.ndarray) -> float:
     return float(np.mean(valid)) if valid.size else -1.0
 
 
-def _unique_names(categories: list[dict]) -> list[str]:
-    names = [str(category.get("name", category["id"])) for category in categories]
-    return [
-        f"{name} (id {category['id']})" if names.count(name) > 1 else name
-        for name, category in zip(names, categories, strict=True)
-    ]
-
-
 def coco_evaluate(
     gt: str | os.PathLike | dict | Any,
     predictions: str | os.PathLike | list,
     backend: str = "pycocotools",
     classwise: bool = True,
     drop_invalid: bool = False,
+    errors: bool = False,
+    confusion_iou_thr: float = 0.5,
+    confusion_score_thr: float = 0.25,
 ) -> COCOReport:
     """Evaluate COCO box results against COCO ground truth (bbox protocol, 12 standard stats).
 
@@ -214,6 +248,9 @@ def coco_evaluate(
             does (entries of -1 excluded).
         drop_invalid: drop the invalid entries (see :func:`validate_predictions`) and record
             them in ``report.dropped`` instead of raising.
+        errors: also compute TIDE's error breakdown, the confusion matrix (at
+            ``confusion_iou_thr`` and ``confusion_score_thr``) and the per-class F1-optimal
+            score thresholds (``report.errors``, ``.confusion``, ``.best_f1``).
 
     Returns:
         COCOReport.
@@ -236,6 +273,11 @@ def coco_evaluate(
             "Fix them, or drop them with drop_invalid=True (--drop-invalid)."
         )
 
+    extras: dict[str, Any] = {}
+    if errors:  # before the backend, which writes into the detection dicts
+        extras["errors"] = tide_errors(dataset, detections)
+        extras["confusion"] = confusion_matrix(dataset, detections, confusion_iou_thr, confusion_score_thr)
+        extras["best_f1"] = best_f1_thresholds(dataset, detections, extras["errors"])
     evaluator = _BACKENDS[backend](dataset, detections)
     params, accumulated = evaluator.params, evaluator.eval
     precision = np.asarray(accumulated["precision"], dtype=np.float64)  # (T, R, K, A, M)
@@ -244,7 +286,7 @@ def coco_evaluate(
 
     category_ids = [_as_id(cid) for cid in params.catIds]
     by_id = {category["id"]: category for category in dataset["categories"]}
-    category_names = _unique_names([by_id[cid] for cid in category_ids])
+    category_names = _category_names([by_id[cid] for cid in category_ids])
     area, last = list(params.areaRngLbl).index("all"), len(params.maxDets) - 1
     iou_thrs = np.asarray(params.iouThrs)
     per_class = {}
@@ -270,6 +312,7 @@ def coco_evaluate(
         backend=backend,
         num_predictions=len(detections),
         dropped=problems,
+        **extras,
     )
 
 

@@ -1,5 +1,22 @@
-# ---------------------------------------------------------------------------------------------
-# Plots
+"""Plots of an evaluation as PNG files: precision-recall curves and the confusion matrix.
+
+matplotlib is imported inside the functions (its object API: no pyplot, no global backend).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .confusion import ConfusionMatrix
+    from .metric import COCOReport
+
+__all__ = ["plot_confusion_matrix", "plot_pr_curves", "pr_curves"]
 
 
 def _masked_mean(values: np.ndarray, axis: tuple[int, ...]) -> np.ndarray:
@@ -10,7 +27,7 @@ def _masked_mean(values: np.ndarray, axis: tuple[int, ...]) -> np.ndarray:
     return np.divide(total, count, out=np.full(count.shape, np.nan), where=count > 0)
 
 
-def _pr_curves(precision: np.ndarray, iou_thrs: np.ndarray) -> dict[str, np.ndarray]:
+def pr_curves(precision: np.ndarray, iou_thrs: np.ndarray) -> dict[str, np.ndarray]:
     """Precision at each recall threshold for IoU 0.50, 0.75 and averaged over 0.50:0.95.
 
     precision: (T, R, K) at area "all", maxDets 100 -> {label: (R,)}, averaged over the
@@ -54,7 +71,7 @@ def plot_pr_curves(
     precision = report.precision[:, :, :, area, last]  # (T, R, K)
     paths = [out / "pr_all.png"]
     _save_pr_figure(
-        _pr_curves(precision, report.iou_thrs), report.rec_thrs, "all categories", paths[0]
+        pr_curves(precision, report.iou_thrs), report.rec_thrs, "all categories", paths[0]
     )
     if per_class:
         for k, (cid, name) in enumerate(
@@ -65,7 +82,38 @@ def plot_pr_curves(
             slug = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
             path = out / f"pr_{cid}_{slug}.png"
             _save_pr_figure(
-                _pr_curves(precision[:, :, k : k + 1], report.iou_thrs), report.rec_thrs, name, path
+                pr_curves(precision[:, :, k : k + 1], report.iou_thrs), report.rec_thrs, name, path
             )
             paths.append(path)
     return paths
+
+
+def plot_confusion_matrix(confusion: ConfusionMatrix, path: str | os.PathLike, normalize: bool = True) -> Path:
+    """Write the confusion matrix as a PNG: rows ground truth, columns predictions, background
+    last; with ``normalize`` each row is divided by its sum (the counts are in the report).
+    Cells are written as numbers when there are at most 30 classes. Returns the path."""
+    from matplotlib.figure import Figure
+
+    matrix = confusion.matrix.astype(np.float64)
+    if normalize:
+        rows = matrix.sum(axis=1, keepdims=True)
+        matrix = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
+    n = len(confusion.classes)
+    side = min(max(4.0, 0.35 * n + 2.5), 30.0)
+    fig = Figure(figsize=(side + 1, side), dpi=100)
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ticks = np.arange(n)
+    ax.set_xticks(ticks, confusion.classes, rotation=90, fontsize="small")
+    ax.set_yticks(ticks, confusion.classes, fontsize="small")
+    ax.set(xlabel="predicted", ylabel="ground truth")
+    ax.set_title(f"confusion matrix (IoU >= {confusion.iou_thr:g}, score >= {confusion.score_thr:g})")
+    if n <= 30:
+        for (row, col), value in np.ndenumerate(confusion.matrix):
+            if value:
+                ax.text(col, row, str(value), ha="center", va="center", fontsize="x-small",
+                        color="white" if matrix[row, col] > 0.5 * (matrix.max() or 1) else "black")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return Path(path)
