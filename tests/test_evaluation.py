@@ -548,3 +548,21 @@ def test_cli_internal_error_keeps_its_traceback(tmp_path):
     assert run.returncode == 1
     assert "Traceback" in run.stderr and "ValueError: an internal bug" in run.stderr
     assert "in broken" in run.stderr
+
+
+def test_column_checks_agree_with_the_per_entry_rules(results):
+    # plain lists of numbers take the column-wise path; tuples, numpy numbers and float ids the
+    # per-entry one: both give the same entries and the same problems
+    bad = {3: BAD_ENTRIES["zero_width"][0], 9: BAD_ENTRIES["unknown_image"][0], 20: BAD_ENTRIES["score_nan"][0]}
+    plain = [bad.get(i, entry) for i, entry in enumerate(results)]
+    unusual = [
+        {**entry, "bbox": tuple(np.float32(v) for v in entry["bbox"]), "image_id": float(entry["image_id"])}
+        if i not in bad else entry
+        for i, entry in enumerate(plain)
+    ]
+    fast, fast_problems = validate_predictions(plain, GT)
+    slow, slow_problems = validate_predictions(unusual, GT)
+    assert [i for i, _ in fast_problems] == [i for i, _ in slow_problems] == [3, 9, 20]
+    assert [reason for _, reason in fast_problems] == [reason for _, reason in slow_problems]
+    assert [d["image_id"] for d in fast] == [d["image_id"] for d in slow]
+    np.testing.assert_allclose([d["bbox"] for d in fast], [d["bbox"] for d in slow], rtol=1e-6)

@@ -209,3 +209,13 @@ def test_best_f1_threshold_by_hand():
     assert best["cat"] == pytest.approx({"score_thr": 0.6, "precision": 0.75, "recall": 0.75, "f1": 0.75})
     report = coco_evaluate(dataset, results, errors=True)
     assert report.best_f1 == best and report.to_dict()["best_f1"] == best
+
+
+def test_empty_predictions_everything_missed():
+    # tidecv divides by zero here (no class left once the misses are fixed); we report 0 dAP
+    dataset = load_ground_truth(SAMPLE_GT)
+    report = coco_evaluate(dataset, [], errors=True)
+    non_crowd = sum(not a["iscrowd"] for a in dataset["annotations"])
+    assert report.errors.counts == {**dict.fromkeys(ERROR_NAMES, 0), "miss": non_crowd}
+    assert report.errors.ap == 0.0 and report.confusion.matrix[:-1, -1].sum() == non_crowd
+    assert all(row["score_thr"] is None for row in report.best_f1.values())
