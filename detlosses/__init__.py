@@ -2,9 +2,9 @@
 
 Needs only torch and torchvision. The names below are loaded on first access (PEP 562), so
 ``import detlosses`` itself is instant and ``detlosses.evaluation`` (NumPy; pycocotools and
-faster-coco-eval lazily) can be used without importing torch at all. Accessing a registry
-(``LOSSES``, ``ASSIGNERS``, ``NMS``) imports the built-in components first, so every built-in
-name is registered by the time it is looked up.
+faster-coco-eval lazily) can be used without importing torch at all. The registries
+(``LOSSES``, ``ASSIGNERS``, ``NMS``) import the built-in components on their first lookup, so
+every built-in name is registered by the time it is looked up.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("assigners", "evaluation", "functional", "losses", "nms", "recipes")
+_SUBMODULES = ("assigners", "boxes", "criterion", "evaluation", "functional", "losses", "nms", "recipes", "registry")
 _REGISTRIES = ("ASSIGNERS", "LOSSES", "NMS", "Registry")
-_COMPONENT_MODULES = ("losses", "assigners", "nms")  # importing them fills the registries
 _ATTRIBUTES = {"DetectionCriterion": "criterion"}
 
 __all__ = [
@@ -27,11 +26,14 @@ __all__ = [
     "Registry",
     "__version__",
     "assigners",
+    "boxes",
+    "criterion",
     "evaluation",
     "functional",
     "losses",
     "nms",
     "recipes",
+    "registry",
 ]
 
 
@@ -39,8 +41,6 @@ def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         value = importlib.import_module(f".{name}", __name__)
     elif name in _REGISTRIES:
-        for module in _COMPONENT_MODULES:
-            importlib.import_module(f".{module}", __name__)
         value = getattr(importlib.import_module(".registry", __name__), name)
     elif name in _ATTRIBUTES:
         value = getattr(importlib.import_module(f".{_ATTRIBUTES[name]}", __name__), name)

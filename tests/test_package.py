@@ -204,3 +204,13 @@ def test_lightning_modules_names_are_lazy():
     assert lightning_modules.COCODataModule is COCODataModule
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         _ = lightning_modules.Nope
+
+
+def test_registry_imported_directly_knows_the_builtins():
+    code = (
+        "from detlosses.registry import ASSIGNERS, LOSSES, NMS\n"
+        "print(len(LOSSES.names()), 'TaskAlignedAssigner' in ASSIGNERS, NMS.names())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    count, has_tal, nms = out.stdout.strip().split(" ", 2)
+    assert int(count) >= 8 and has_tal == "True" and nms == "['MultiClassNMS']"
