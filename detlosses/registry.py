@@ -18,6 +18,7 @@ are imported once, on the first lookup in any registry.
 from __future__ import annotations
 
 import difflib
+import importlib
 import importlib.metadata
 import inspect
 import warnings
@@ -30,12 +31,18 @@ PLUGIN_GROUP = "detlosses.plugins"
 _plugins_loaded = False
 
 
+_BUILTIN_MODULES = ("detlosses.losses", "detlosses.assigners", "detlosses.nms")
+
+
 def _load_plugins() -> None:
-    """Import every module advertised under the ``detlosses.plugins`` entry-point group."""
+    """Import the built-in components (``import detlosses`` is lazy), then every module
+    advertised under the ``detlosses.plugins`` entry-point group."""
     global _plugins_loaded
     if _plugins_loaded:
         return
     _plugins_loaded = True
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
     for entry_point in importlib.metadata.entry_points(group=PLUGIN_GROUP):
         try:
             entry_point.load()

@@ -26,7 +26,9 @@ from detlosses.evaluation import (
     InvalidGroundTruthError,
     InvalidPredictionsError,
     coco_evaluate,
+    load_ground_truth,
     plot_pr_curves,
+    pr_curves,
     validate_predictions,
 )
 from lightning_modules.eval_cli import main
@@ -392,10 +394,175 @@ def test_plot_returns_written_paths(tmp_path, reports):
 def test_plotted_curves_average_to_the_report_aps(reports):
     # each overall curve is precision vs recall threshold; its mean over the 101 thresholds
     # must be the matching pycocotools stat (AP50, AP75, AP)
-    from detlosses.evaluation import _pr_curves
-
     report = reports["pycocotools"]
-    curves = _pr_curves(report.precision[:, :, :, 0, 2], report.iou_thrs)
+    curves = pr_curves(report.precision[:, :, :, 0, 2], report.iou_thrs)
     for label, stat in (("IoU=0.50", "AP50"), ("IoU=0.75", "AP75"), ("IoU=0.50:0.95", "AP")):
         assert curves[label].shape == (101,)
         assert abs(curves[label].mean() - report.stats[stat]) < 1e-12
+
+
+# ------------------------------------------------------------------------------------------
+# Ground-truth checks (pycocotools would mis-evaluate or crash on these)
+
+
+def _sample_dataset() -> dict:
+    return json.loads(GT.read_text())
+
+
+def _perfect_results(dataset: dict) -> list[dict]:
+    return [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in dataset["annotations"]
+        if not a["iscrowd"]
+    ]
+
+
+def test_duplicate_annotation_ids_rejected(tmp_path, capsys):
+    dataset = _sample_dataset()
+    for ann in dataset["annotations"][:10]:
+        ann["id"] = dataset["annotations"][10]["id"]
+    # what pycocotools makes of it: it keeps one annotation per id, so perfect results lose AP
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = copy.deepcopy(dataset)
+        coco.createIndex()
+    assert len(coco.anns) < len(dataset["annotations"])
+    with pytest.raises(InvalidGroundTruthError, match="duplicate annotation ids"):
+        coco_evaluate(dataset, _perfect_results(dataset))
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(dataset))
+    code, _, err = _run_cli(["--gt", path, "--pred", RESULTS], capsys)
+    assert code == 2 and "duplicate annotation ids" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("key", "value"), [("image_id", 123456789), ("category_id", 999)])
+def test_annotation_with_unknown_image_or_category_rejected(key, value):
+    dataset = _sample_dataset()
+    dataset["annotations"][5][key] = value
+    with pytest.raises(InvalidGroundTruthError, match=rf"annotations refer to {key} {value}"):
+        load_ground_truth(dataset)
+
+
+@pytest.mark.parametrize(
+    ("key", "fragment"),
+    [("bbox", "have no 'bbox'"), ("id", "have no 'id'"), ("image_id", "have no 'image_id'")],
+)
+def test_annotation_without_required_key_rejected(key, fragment):
+    dataset = _sample_dataset()
+    del dataset["annotations"][3][key]
+    with pytest.raises(InvalidGroundTruthError, match=fragment):
+        coco_evaluate(dataset, RESULTS)
+
+
+@pytest.mark.parametrize("bbox", [[1, 2, 3], [1, 2, "3", 4], [1, 2, math.nan, 4], [1, 2, -3, 4]])
+def test_annotation_with_malformed_bbox_rejected(bbox):
+    dataset = _sample_dataset()
+    dataset["annotations"][7]["bbox"] = bbox
+    with pytest.raises(InvalidGroundTruthError, match="bbox"):
+        load_ground_truth(dataset)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_missing_area_and_iscrowd_filled(backend):
+    # without "area" pycocotools raises KeyError; we fill area = w * h and iscrowd = 0, which is
+    # what pycocotools computes with on a dataset that states those values itself
+    dataset = _sample_dataset()
+    stated = copy.deepcopy(dataset)
+    for ann, same in zip(dataset["annotations"], stated["annotations"], strict=True):
+        del ann["area"], ann["iscrowd"]
+        same["area"], same["iscrowd"] = same["bbox"][2] * same["bbox"][3], 0
+    with pytest.raises(KeyError), contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = copy.deepcopy(dataset)
+        coco.createIndex()
+        _pycocotools(coco, str(RESULTS))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = stated
+        coco.createIndex()
+    report = coco_evaluate(dataset, RESULTS, backend=backend)
+    _assert_stats_close(report.stats, _stats_of(_pycocotools(coco, str(RESULTS))))
+    assert "area" not in dataset["annotations"][0]  # the caller's dicts are left alone
+
+
+def test_load_ground_truth_returns_checked_copy():
+    dataset = _sample_dataset()
+    loaded = load_ground_truth(dataset)
+    assert loaded is not dataset and loaded["annotations"] == dataset["annotations"]
+    assert loaded["annotations"][0] is not dataset["annotations"][0]
+    assert load_ground_truth(GT)["images"] == dataset["images"]
+
+
+# ------------------------------------------------------------------------------------------
+# Exit codes: input problems exit 2 with a message, bugs keep their traceback
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint\n", b"", b'{"state_dict": {}}'])
+def test_cli_ckpt_that_is_not_a_checkpoint(tmp_path, capsys, content):
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(content)
+    code, _, err = _run_cli(["--ckpt", path], capsys)
+    assert code == 2 and "is not a PyTorch checkpoint" in err and str(path) in err and "Traceback" not in err
+
+
+def test_cli_missing_checkpoint(tmp_path, capsys):
+    code, _, err = _run_cli(["--ckpt", tmp_path / "nothing.ckpt"], capsys)
+    assert code == 2 and "checkpoint not found" in err
+
+
+@pytest.mark.parametrize("option", ["--out", "--plots"])
+def test_cli_output_under_a_file(tmp_path, capsys, option):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    target = blocker / ("report.json" if option == "--out" else "plots")
+    code, out, err = _run_cli(["--gt", GT, "--pred", RESULTS, option, target], capsys)
+    assert code == 2 and f"{blocker} is a file" in err and out == ""
+
+
+def test_cli_plots_is_a_file_and_out_is_a_folder(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    code, _, err = _run_cli(["--gt", GT, "--pred", RESULTS, "--plots", blocker], capsys)
+    assert code == 2 and "is a file; expected a folder" in err
+    code, _, err = _run_cli(["--gt", GT, "--pred", RESULTS, "--out", tmp_path], capsys)
+    assert code == 2 and "is a folder; expected a file path" in err
+
+
+def test_cli_missing_results_file(tmp_path, capsys):
+    code, _, err = _run_cli(["--gt", GT, "--pred", tmp_path / "none.json"], capsys)
+    assert code == 2 and "cannot read results file" in err
+
+
+def test_cli_internal_error_keeps_its_traceback(tmp_path):
+    # a ValueError raised by a bug (not an input check) must not pass for bad input
+    code = (
+        "import sys\n"
+        "import detlosses.evaluation.metric as metric\n"
+        "def broken(*args, **kwargs):\n"
+        "    raise ValueError('an internal bug')\n"
+        "metric._BACKENDS['pycocotools'] = broken\n"
+        "from lightning_modules.eval_cli import main\n"
+        f"sys.exit(main(['--gt', {str(GT)!r}, '--pred', {str(RESULTS)!r}]))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 1
+    assert "Traceback" in run.stderr and "ValueError: an internal bug" in run.stderr
+    assert "in broken" in run.stderr
+
+
+def test_column_checks_agree_with_the_per_entry_rules(results):
+    # plain lists of numbers take the column-wise path; tuples, numpy numbers and float ids the
+    # per-entry one: both give the same entries and the same problems
+    bad = {3: BAD_ENTRIES["zero_width"][0], 9: BAD_ENTRIES["unknown_image"][0], 20: BAD_ENTRIES["score_nan"][0]}
+    plain = [bad.get(i, entry) for i, entry in enumerate(results)]
+    unusual = [
+        {**entry, "bbox": tuple(np.float32(v) for v in entry["bbox"]), "image_id": float(entry["image_id"])}
+        if i not in bad else entry
+        for i, entry in enumerate(plain)
+    ]
+    fast, fast_problems = validate_predictions(plain, GT)
+    slow, slow_problems = validate_predictions(unusual, GT)
+    assert [i for i, _ in fast_problems] == [i for i, _ in slow_problems] == [3, 9, 20]
+    assert [reason for _, reason in fast_problems] == [reason for _, reason in slow_problems]
+    assert [d["image_id"] for d in fast] == [d["image_id"] for d in slow]
+    np.testing.assert_allclose([d["bbox"] for d in fast], [d["bbox"] for d in slow], rtol=1e-6)

@@ -1,12 +1,22 @@
-"""COCO evaluation backends: wall time of pycocotools vs faster-coco-eval on a generated set.
+"""COCO evaluation: pycocotools vs faster-coco-eval vs the ``detlosses-eval`` command line.
 
 A seeded synthetic COCO set (default 5000 images, 30 000 boxes over 80 categories with a
 long-tailed frequency, sizes from 8 to 400 px so all three area ranges are populated) and
 50 000 detections (jittered copies of ~70 % of the boxes, some duplicates and mislabels, the
-rest false positives with lower scores) are written to a temporary directory. Each backend is
-timed end to end from the two files: load + evaluate + accumulate + summarize, once through
-the libraries directly and once through ``detlosses.evaluation.coco_evaluate`` (which adds
-the input checks). Target: faster <= 0.5x pycocotools, with the same 12 stats.
+rest false positives with lower scores) are written to a temporary directory. Timed from the
+two files, interleaved round by round (``--repeat`` rounds, median):
+
+* pycocotools and faster-coco-eval run directly in this process (load, evaluate, accumulate,
+  summarize) — what a user would write instead; pycocotools is the reference (ratio 1);
+* ``detlosses.evaluation.coco_evaluate`` with each backend, in process (adds the input checks);
+* the ``detlosses-eval --gt --pred`` command line in a fresh interpreter, as a user runs it
+  (start-up, reading, checks, evaluation, printing, writing report.json), with
+  ``--backend faster``, and with ``--errors`` too (TIDE breakdown, confusion matrix, F1);
+* the command line's start-up: ``--help`` in a fresh interpreter, and the import time of its
+  module from ``python -X importtime`` (which also shows whether torch is imported).
+
+Every run's 12 stats must equal pycocotools' (the command line's are read from its report).
+Target: the command line with ``--backend faster`` at most 0.3x pycocotools' in-process time.
 """
 
 from __future__ import annotations
@@ -15,6 +25,10 @@ import argparse
 import contextlib
 import io
 import json
+import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +39,7 @@ IMAGE_SIZES = ((640, 480), (480, 640), (640, 427), (500, 375), (640, 640))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--boxes", type=int, default=30_000, help="ground-truth boxes")
     parser.add_argument("--detections", type=int, default=50_000)
@@ -140,47 +155,85 @@ def _library_faster(gt_path: str, dt_path: str) -> np.ndarray:
     return np.asarray(evaluator.stats[:12])
 
 
-def _timed(fn, *args):
-    start = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - start
+REPO = Path(__file__).resolve().parents[2]
+CLI = REPO / "tools" / "coco_eval.py"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, str(CLI), *args], capture_output=True, text=True, env=env, check=False)
+    if run.returncode != 0:
+        raise RuntimeError(f"detlosses-eval {' '.join(args)} failed:\n{run.stderr[-2000:]}")
+    return run
+
+
+def _import_time_s(module: str) -> tuple[float, bool]:
+    """(cumulative import time of ``module`` in s from -X importtime, whether torch was imported)."""
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
+                         env=env, check=True)
+    lines = [line for line in run.stderr.splitlines() if line.rstrip().endswith(f"| {module}")]
+    return int(lines[-1].split("|")[1]) / 1e6, run.stdout.strip() == "True"
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    import faster_coco_eval  # noqa: F401  (imported before timing: the in-process runs would pay it once)
+    import pycocotools.cocoeval  # noqa: F401
+
     from detlosses.evaluation import STAT_NAMES, coco_evaluate
 
     dataset, detections = make_dataset(args)
-    library = {"pycocotools": _library_pycocotools, "faster": _library_faster}
-    rows = []
+    times: dict[str, list[float]] = {}
+    stats: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory() as tmp:
         gt_path, dt_path = str(Path(tmp) / "gt.json"), str(Path(tmp) / "results.json")
+        report_path = str(Path(tmp) / "report.json")
         Path(gt_path).write_text(json.dumps(dataset))
         Path(dt_path).write_text(json.dumps(detections))
-        timings, stats = {}, {}
-        for backend, fn in library.items():
-            lib_stats, lib_s = _timed(fn, gt_path, dt_path)
-            report, ours_s = _timed(coco_evaluate, gt_path, dt_path, backend)
-            ours_stats = np.array([report.stats[name] for name in STAT_NAMES])
-            if np.abs(ours_stats - lib_stats).max() > 1e-12:
-                raise AssertionError(f"coco_evaluate disagrees with {backend} run directly")
-            timings[backend], stats[backend] = (lib_s, ours_s), ours_stats
-    reference = stats["pycocotools"]
-    for backend, (lib_s, ours_s) in timings.items():
-        delta = float(np.abs(stats[backend] - reference).max())
-        rows.append(
-            {
-                "backend": backend,
-                "images": args.images,
-                "gt_boxes": args.boxes,
-                "detections": len(detections),
-                "classes": args.classes,
-                "library_s": lib_s,
-                "coco_evaluate_s": ours_s,
-                "ratio_library": lib_s / timings["pycocotools"][0],
-                "ratio_coco_evaluate": ours_s / timings["pycocotools"][1],
-                "AP": float(stats[backend][0]),
-                "max_abs_stat_diff": delta,
-                "stats_identical": delta < 1e-12,
-            }
-        )
+
+        def report_stats(report) -> np.ndarray:
+            return np.array([report.stats[name] for name in STAT_NAMES])
+
+        def cli_stats(*extra: str) -> np.ndarray:
+            _cli("--gt", gt_path, "--pred", dt_path, "--backend", "faster", "--out", report_path, *extra)
+            written = json.loads(Path(report_path).read_text())["stats"]
+            return np.array([written[name] for name in STAT_NAMES])
+
+        cases = {
+            "pycocotools, in process": lambda: _library_pycocotools(gt_path, dt_path),
+            "faster-coco-eval, in process": lambda: _library_faster(gt_path, dt_path),
+            "coco_evaluate pycocotools": lambda: report_stats(coco_evaluate(gt_path, dt_path, "pycocotools")),
+            "coco_evaluate faster": lambda: report_stats(coco_evaluate(gt_path, dt_path, "faster")),
+            "detlosses-eval --backend faster": lambda: cli_stats(),
+            "detlosses-eval --backend faster --errors": lambda: cli_stats("--errors"),
+            "detlosses-eval --help (start-up)": lambda: _cli("--help") and None,
+        }
+        for _ in range(args.repeat):  # interleaved: load from other processes hits all alike
+            for name, fn in cases.items():
+                start = time.perf_counter()
+                out = fn()
+                times.setdefault(name, []).append(time.perf_counter() - start)
+                if out is not None:
+                    stats[name] = out
+    import_s, imports_torch = _import_time_s("lightning_modules.eval_cli")
+    reference = stats["pycocotools, in process"]
+    base = statistics.median(times["pycocotools, in process"])
+    rows = []
+    for name, seconds in times.items():
+        median = statistics.median(seconds)
+        row = {
+            "run": name,
+            "images": args.images,
+            "gt_boxes": args.boxes,
+            "detections": len(detections),
+            "median_s": median,
+            "min_s": min(seconds),
+            "ratio": median / base,
+        }
+        if name in stats:
+            row["stats_identical"] = bool(np.abs(stats[name] - reference).max() <= 1e-12)
+        rows.append(row)
+    rows.append({"run": "import lightning_modules.eval_cli (-X importtime)", "median_s": import_s,
+                 "imports_torch": imports_torch})
     return rows
