@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from detlosses.evaluation import COCOInputError, InvalidGroundTruthError, load_ground_truth
+
 __all__ = [
     "MIN_BOX_SIZE",
     "DataError",
@@ -24,6 +26,7 @@ __all__ = [
     "list_files",
     "read_annotations",
     "read_categories",
+    "read_ground_truth",
     "read_image_size",
     "sorted_categories",
 ]
@@ -34,8 +37,9 @@ _END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}  # a complete file has one 
 _TAIL_BYTES = 1024  # JPEG writers may pad after the end-of-image marker
 
 
-class DataError(ValueError):
-    """Images or annotations that cannot be used, named with their files."""
+class DataError(COCOInputError):
+    """Images or annotations that cannot be used, named with their files (a ValueError; the
+    command lines end with exit code 2 on it)."""
 
 
 def read_annotations(ann_file: str | os.PathLike) -> dict:
@@ -51,6 +55,20 @@ def read_annotations(ann_file: str | os.PathLike) -> dict:
         if not isinstance(coco, dict) or key not in coco:
             raise ValueError(f"annotation file {ann_file} has no {key!r} list")
     return coco
+
+
+def read_ground_truth(ann_file: str | os.PathLike) -> dict:
+    """The validation json, checked as the COCO evaluation will check it
+    (:func:`detlosses.evaluation.load_ground_truth`: no repeated or unknown ids, well-formed
+    boxes), so that a problem is found when the data module is built rather than at the end
+    of the first validation. Training jsons go through :func:`read_annotations`, whose bad
+    boxes are dropped and counted instead."""
+    if not os.path.isfile(ann_file):
+        raise FileNotFoundError(f"annotation file not found: {ann_file}")
+    try:
+        return load_ground_truth(ann_file)
+    except InvalidGroundTruthError as e:
+        raise DataError(str(e)) from e
 
 
 def sorted_categories(coco: dict, ann_file: str | os.PathLike) -> list[dict]:

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from .annotations import DataError, read_annotations, sorted_categories
+from .annotations import DataError, read_ground_truth, sorted_categories
 from .dataset import COCODetectionDataset, collate_fn, seed_worker
 
 __all__ = ["COCODataModule"]
@@ -76,7 +76,7 @@ class COCODataModule(pl.LightningDataModule):
         self.val_ann, self.val_images = val_ann, val_images
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.seed = seed
-        self.val_coco: dict = read_annotations(val_ann)  # read once: datasets and evaluation share it
+        self.val_coco: dict = read_ground_truth(val_ann)  # read once: datasets and evaluation share it
         cats = sorted_categories(self.val_coco, val_ann)
         self.category_ids: list[int] = [c["id"] for c in cats]
         self.class_names: list[str] = [c["name"] for c in cats]
