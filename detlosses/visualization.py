@@ -78,6 +78,7 @@ DIFF_COLOUR: tuple[int, int, int] = (0, 0, 0)
 _IOU_TYPES = ("iou", "ciou")
 _DOT_RANGE = (0.3, 0.9)  # dot diameter in anchor spacings at target score 0 and 1
 _MIN_DOT_PX = 4.0
+_MAX_CROSS_PX = 24.0
 _TABLE_FONT = 7.0  # points, monospace
 _TITLE_IN = 0.3  # inches above each panel for its title
 _GAP_IN = 0.1
@@ -693,7 +694,9 @@ def draw_assignment_comparison(
             marked = differ & (level_of == k)
             if marked.any():
                 axes_px = ax.get_position().width * fig.get_figwidth() * dpi
-                size = (max(0.8 * levels[k] * axes_px / array.shape[1], 2 * _MIN_DOT_PX) * 72 / dpi) ** 2
+                size = (
+                    min(max(0.6 * levels[k] * axes_px / array.shape[1], 2 * _MIN_DOT_PX), _MAX_CROSS_PX) * 72 / dpi
+                ) ** 2
                 ax.scatter(
                     points[marked, 0],
                     points[marked, 1],
