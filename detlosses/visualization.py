@@ -31,6 +31,7 @@ those the assigner saw (network-input pixels); pass the image at that size.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -566,6 +567,14 @@ def _panels(
     return axes
 
 
+def _with_title(title: str | None, table: str) -> str:
+    """``title`` wrapped to the table's width (at least 40 characters) above ``table``."""
+    if title is None:
+        return table
+    width = max(40, *(len(line) for line in table.splitlines()))
+    return "\n".join([*textwrap.wrap(title, width), "", table])
+
+
 def _side_text(fig: Figure, grid: _Grid, text: str) -> None:
     ax = fig.add_axes(grid.text())
     ax.set_axis_off()
@@ -623,7 +632,7 @@ def draw_assignment(
     _, num_anchors = _check_result(result)
     _check_drawing_inputs(gt_bboxes, gt_labels, anchor_points, strides, num_anchors)
     rows = assignment_table(gt_bboxes, gt_labels, strides, result, metric, overlap, index, class_names)
-    text = format_assignment_table(rows)
+    text = _with_title(title, format_assignment_table(rows))
     array = _image_array(image)
     levels, _ = _levels(strides)
     grid = _Grid.make(1, len(levels), array.shape[:2], panel_size, text)
@@ -642,7 +651,7 @@ def draw_assignment(
         "",
         show_anchors,
     )
-    _side_text(fig, grid, text if title is None else f"{title}\n\n{text}")
+    _side_text(fig, grid, text)
     return fig
 
 

@@ -38,9 +38,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
+
+from detlosses.assigners import AssignResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from detlosses.visualization import GTAssignment
 
 PROG = "detlosses-viz"
 EXIT_INPUT_ERROR = 2  # as argparse's usage errors
@@ -72,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     assign.add_argument("--image-size", type=int, help="network input side (default: the checkpoint's, else 320)")
     assign.add_argument("--strides", default=None, metavar="8,16,32", help="anchor strides without --ckpt")
     assign.add_argument("--prior-box", type=float, default=4.0, metavar="K", help="prior box side in strides")
+    assign.add_argument("--dpi", type=float, default=100, help="drawing resolution (dots per inch)")
     assign.add_argument("--device", help="torch device for --ckpt (default: cuda if available, else cpu)")
     return parser
 
@@ -129,27 +137,106 @@ def _build_assigner(cfg: Any) -> torch.nn.Module:
 # ----------------------------------------------------------------------------------------
 # Predictions
 # ----------------------------------------------------------------------------------------
+class Predictions(NamedTuple):
+    """What the assigner sees: scores (B, A, C) probabilities, boxes (B, A, 4) xyxy, anchor
+    points (A, 2) and strides (A,), all float32 on the CPU."""
+
+    scores: torch.Tensor
+    boxes: torch.Tensor
+    anchor_points: torch.Tensor
+    strides: torch.Tensor
+
+
+class Assignment(NamedTuple):
+    """An assigner's result on a batch, with the metric t (None for assigners without one) and
+    the overlap of each positive (:func:`detlosses.visualization.alignment_of_positives`)."""
+
+    result: AssignResult
+    metric: torch.Tensor | None
+    overlap: torch.Tensor
+
+
 def prior_predictions(
     anchor_points: torch.Tensor, strides: torch.Tensor, batch: int, num_classes: int, box_strides: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The untrained-prediction prior: scores (B, A, C) all ``PRIOR_SCORE`` and boxes (B, A, 4),
-    each a square of side ``box_strides * stride`` centred on its anchor."""
+) -> Predictions:
+    """The untrained-prediction prior: every score ``PRIOR_SCORE`` and every box the square of
+    side ``box_strides * stride`` centred on its anchor."""
     half = (box_strides * strides / 2)[:, None]  # (A, 1)
     boxes = torch.cat([anchor_points - half, anchor_points + half], dim=1)  # (A, 4)
     scores = anchor_points.new_full((batch, anchor_points.shape[0], num_classes), PRIOR_SCORE)
-    return scores, boxes.expand(batch, -1, -1)
+    return Predictions(scores, boxes.expand(batch, -1, -1), anchor_points, strides)
 
 
-def _detector_predictions(model: Any, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Scores, boxes, anchor points and strides of the detector, as its criterion receives them."""
+def detector_predictions(model: Any, images: torch.Tensor) -> Predictions:
+    """The detector's sigmoid scores and decoded boxes for ``images`` (B, 3, S, S) in [0, 1], as its
+    criterion receives them (detached), in the model's current mode."""
     with torch.inference_mode():
         out = model(images.to(model.device))
-    return (
+    return Predictions(
         out.cls_logits.float().sigmoid().cpu(),
         out.box_preds.float().cpu(),
         out.anchor_points.float().cpu(),
         out.strides.float().cpu(),
     )
+
+
+def assign(
+    assigner: torch.nn.Module, preds: Predictions, targets: list[dict[str, Any]], num_classes: int
+) -> tuple[Assignment, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Run ``assigner`` on the predictions and the batch's targets as ``DetectionCriterion`` does;
+    returns the :class:`Assignment` and the padded ``(gt_labels, gt_bboxes, gt_mask)``."""
+    from detlosses.criterion import pad_targets
+    from detlosses.visualization import alignment_of_positives
+
+    gts = pad_targets(targets, num_classes, torch.device("cpu"))
+    with torch.no_grad():
+        result = assigner(preds.scores, preds.boxes, preds.anchor_points, *gts, strides=preds.strides)
+    alpha, beta = getattr(assigner, "alpha", None), getattr(assigner, "beta", None)
+    iou_type = getattr(assigner, "iou_type", "iou")
+    metric, overlap = alignment_of_positives(result, preds.scores, preds.boxes, alpha or 1.0, beta or 6.0, iou_type)
+    has_metric = alpha is not None and beta is not None
+    return Assignment(result, metric if has_metric else None, overlap), gts
+
+
+def draw_image(
+    images: torch.Tensor,
+    targets: list[dict[str, Any]],
+    preds: Predictions,
+    assignment: Assignment,
+    index: int,
+    class_names: list[str] | None,
+    title: str | None = None,
+    dpi: float = 100,
+) -> tuple[list[GTAssignment], Figure]:
+    """The per-GT rows and the level panels of image ``index`` of a batch."""
+    from detlosses.visualization import assignment_table, draw_assignment
+
+    gt_bboxes, gt_labels = targets[index]["boxes"].float(), targets[index]["labels"]
+    rows = assignment_table(
+        gt_bboxes,
+        gt_labels,
+        preds.strides,
+        assignment.result,
+        assignment.metric,
+        assignment.overlap,
+        index,
+        class_names,
+    )
+    fig = draw_assignment(
+        images[index],
+        gt_bboxes,
+        gt_labels,
+        preds.anchor_points,
+        preds.strides,
+        assignment.result,
+        assignment.metric,
+        assignment.overlap,
+        index,
+        class_names,
+        title=title,
+        dpi=dpi,
+    )
+    return rows, fig
 
 
 def _prior_anchors(num_classes: int, strides: tuple[int, ...], image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,16 +250,6 @@ def _prior_anchors(num_classes: int, strides: tuple[int, ...], image_size: int) 
     if image_size % strides[-1]:
         raise InputError(f"--image-size must be a multiple of the largest stride {strides[-1]}, got {image_size}")
     return model.anchors(image_size, image_size)
-
-
-def _quality(assigner: torch.nn.Module, result: Any, scores: torch.Tensor, boxes: torch.Tensor):
-    """(metric, overlap) of the positives; metric None for assigners without an alignment metric."""
-    from detlosses.visualization import alignment_of_positives
-
-    alpha, beta = getattr(assigner, "alpha", None), getattr(assigner, "beta", None)
-    iou_type = getattr(assigner, "iou_type", "iou")
-    metric, overlap = alignment_of_positives(result, scores, boxes, alpha or 1.0, beta or 6.0, iou_type)
-    return (metric if alpha is not None and beta is not None else None), overlap
 
 
 # ----------------------------------------------------------------------------------------
@@ -212,8 +289,7 @@ def _select(dataset: Any, ids: list[int], ann: str) -> list[int]:
 
 
 def assign_command(args: argparse.Namespace) -> int:
-    from detlosses.criterion import pad_targets
-    from detlosses.visualization import assignment_table, draw_assignment, draw_assignment_comparison
+    from detlosses.visualization import assignment_table, draw_assignment_comparison
 
     from .data import COCODetectionDataset, collate_fn
 
@@ -248,57 +324,51 @@ def assign_command(args: argparse.Namespace) -> int:
     except ValueError as e:  # unreadable annotation json, category mismatch (missing files: FileNotFoundError)
         raise InputError(str(e)) from e
     images, targets = collate_fn([dataset[i] for i in _select(dataset, ids, data["ann"])])
-    num_classes = dataset.num_classes
+    names = dataset.class_names
     if model is not None:
-        scores, boxes, points, anchor_strides = _detector_predictions(model, images)
+        preds = detector_predictions(model, images)
         source = f"predictions of {args.ckpt}"
     else:
-        points, anchor_strides = _prior_anchors(num_classes, strides, images.shape[-1])
-        scores, boxes = prior_predictions(points, anchor_strides, len(images), num_classes, args.prior_box)
+        points, anchor_strides = _prior_anchors(dataset.num_classes, strides, images.shape[-1])
+        preds = prior_predictions(points, anchor_strides, len(images), dataset.num_classes, args.prior_box)
         source = f"untrained prior (scores {PRIOR_SCORE}, boxes {args.prior_box:g} strides)"
-    gt_labels, gt_bboxes, gt_mask = pad_targets(targets, num_classes, torch.device("cpu"))
-
-    def run(module: torch.nn.Module) -> tuple[Any, tuple]:
-        result = module(scores, boxes, points, gt_labels, gt_bboxes, gt_mask, strides=anchor_strides)
-        return result, _quality(module, result, scores, boxes)
-
-    result, quality = run(assigner)
-    compared = None if other is None else run(other)
-    names = (f"A {_short(main_spec, assigner)}", f"B {_short(args.compare, other)}")
+    assignment, _ = assign(assigner, preds, targets, dataset.num_classes)
+    compared = None if other is None else assign(other, preds, targets, dataset.num_classes)[0]
+    labels = (f"A {_short(main_spec, assigner)}", f"B {_short(args.compare, other)}")
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"source": source, "image_size": int(images.shape[-1]), "assigner": repr(assigner)}
     if other is not None:
         report["compare_assigner"] = repr(other)
     report["images"] = {}
     print(f"{PROG} assign: {assigner!r} on the {source}, {images.shape[-1]} px input")
-    for b, (image_id, target) in enumerate(zip(ids, targets, strict=True)):
-        n = len(target["labels"])
-        gt_b, labels_b = gt_bboxes[b, :n], gt_labels[b, :n]
-        common = (images[b], gt_b, labels_b, points, anchor_strides)
-        rows = assignment_table(
-            gt_b, labels_b, anchor_strides, result, *quality, index=b, class_names=dataset.class_names
+    for b, image_id in enumerate(ids):
+        rows, fig = draw_image(
+            images, targets, preds, assignment, b, names, title=f"image {image_id}: {assigner!r}", dpi=args.dpi
         )
-        entry = {"rows": [r.as_dict() for r in rows]}
-        title = f"image {image_id}: {assigner!r}"
-        fig = draw_assignment(*common, result, *quality, index=b, class_names=dataset.class_names, title=title)
         fig.savefig(args.out / f"{image_id}_assign.png")
+        entry = {"rows": [r.as_dict() for r in rows]}
         _print_table(f"image {image_id}", rows)
         if compared is not None:
-            other_result, other_quality = compared
+            gt_bboxes, gt_labels = targets[b]["boxes"].float(), targets[b]["labels"]
             other_rows = assignment_table(
-                gt_b, labels_b, anchor_strides, other_result, *other_quality, index=b, class_names=dataset.class_names
+                gt_bboxes, gt_labels, preds.strides, compared.result, compared.metric, compared.overlap, b, names
             )
-            entry["compare_rows"] = [r.as_dict() for r in other_rows]
             fig = draw_assignment_comparison(
-                *common,
-                result,
-                other_result,
-                names=names,
+                images[b],
+                gt_bboxes,
+                gt_labels,
+                preds.anchor_points,
+                preds.strides,
+                assignment.result,
+                compared.result,
+                names=labels,
                 index=b,
-                class_names=dataset.class_names,
-                quality=dict(zip(names, (quality, other_quality), strict=True)),
+                class_names=names,
+                quality={labels[0]: assignment[1:], labels[1]: compared[1:]},
+                dpi=args.dpi,
             )
             fig.savefig(args.out / f"{image_id}_compare.png")
+            entry["compare_rows"] = [r.as_dict() for r in other_rows]
             _print_table(f"image {image_id}, compared: {other!r}", other_rows)
         report["images"][str(image_id)] = entry
     (args.out / "assignment.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
