@@ -168,8 +168,10 @@ class AssignmentVisualizer(Callback):
         )
         out.mkdir(parents=True, exist_ok=True)
         fig.savefig(out / f"{image_id}_assign.png")
-        if self.log_images and trainer.logger is not None:
-            _log_image(trainer.logger, f"assign/{image_id}", render(fig), trainer.global_step)
+        if self.log_images and trainer.loggers:
+            image = render(fig)
+            for logger in trainer.loggers:
+                _log_image(logger, f"assign/{image_id}", image, trainer.global_step)
         return [row.as_dict() for row in rows]
 
 
