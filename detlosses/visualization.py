@@ -275,7 +275,7 @@ def format_assignment_table(rows: Sequence[GTAssignment]) -> str:
     lines = []
     for r in rows:
         box = ",".join(f"{v:.0f}" for v in r.box)
-        score = "-" if r.unassigned else f"{r.max_score:.3f}"
+        score = "-" if r.unassigned else f"{r.max_score:.3g}"
         t = "-" if r.max_metric is None or r.unassigned else f"{r.max_metric:.3g}"
         iou = "-" if r.max_overlap is None or r.unassigned else f"{r.max_overlap:.3f}"
         mark = "NO ANCHOR" if r.unassigned else ""
@@ -443,7 +443,7 @@ class _Grid:
         h, w = image_hw
         panel_w, panel_h = (panel_size, panel_size * h / w) if w >= h else (panel_size * w / h, panel_size)
         lines = text.splitlines() or [""]
-        char_w, line_h = 0.6 * _TABLE_FONT / 72, 1.2 * _TABLE_FONT / 72
+        char_w, line_h = 0.65 * _TABLE_FONT / 72, 1.2 * _TABLE_FONT / 72  # DejaVu Sans Mono: 0.6 em + hinting
         text_w = max(len(line) for line in lines) * char_w + 2 * _GAP_IN
         width = cols * (panel_w + _GAP_IN) + _GAP_IN + text_w
         height = max(rows * (panel_h + _TITLE_IN) + 2 * _GAP_IN, len(lines) * line_h + 2 * _GAP_IN)
@@ -562,7 +562,7 @@ def _panels(
             fig.dpi,
             show_anchors,
         )
-        ax.set_title(f"{label}stride {stride}: {int(fg[on_level].sum())} positives", fontsize=8)
+        ax.set_title(f"{label}s{stride}: {int(fg[on_level].sum())} positives", fontsize=8)
         axes.append(ax)
     return axes
 
@@ -697,7 +697,7 @@ def draw_assignment_comparison(
     boxes = gt_bboxes.detach().cpu().float()
     for row, (name, result) in enumerate(zip(names, (result_a, result_b), strict=True)):
         axes = _panels(
-            fig, grid, row, array, boxes, anchor_points, strides, result, index, len(boxes), f"{name}: ", show_anchors
+            fig, grid, row, array, boxes, anchor_points, strides, result, index, len(boxes), f"{name} · ", show_anchors
         )
         for k, ax in enumerate(axes):
             marked = differ & (level_of == k)

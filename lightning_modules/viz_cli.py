@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     assign.add_argument("--strides", default=None, metavar="8,16,32", help="anchor strides without --ckpt")
     assign.add_argument("--prior-box", type=float, default=4.0, metavar="K", help="prior box side in strides")
     assign.add_argument("--dpi", type=float, default=100, help="drawing resolution (dots per inch)")
+    assign.add_argument("--panel-size", type=float, default=3.0, help="longer side of a level panel (inches)")
     assign.add_argument("--device", help="torch device for --ckpt (default: cuda if available, else cpu)")
     return parser
 
@@ -207,6 +208,7 @@ def draw_image(
     class_names: list[str] | None,
     title: str | None = None,
     dpi: float = 100,
+    panel_size: float = 3.0,
 ) -> tuple[list[GTAssignment], Figure]:
     """The per-GT rows and the level panels of image ``index`` of a batch."""
     from detlosses.visualization import assignment_table, draw_assignment
@@ -234,6 +236,7 @@ def draw_image(
         index,
         class_names,
         title=title,
+        panel_size=panel_size,
         dpi=dpi,
     )
     return rows, fig
@@ -297,8 +300,9 @@ def assign_command(args: argparse.Namespace) -> int:
     strides = tuple(_int_list("--strides", args.strides)) if args.strides else DEFAULT_STRIDES
     if args.ckpt is not None and args.strides:
         raise InputError("--strides goes with the prior (no --ckpt): the checkpoint's model has its own")
-    if not args.prior_box > 0:
-        raise InputError(f"--prior-box must be > 0, got {args.prior_box}")
+    for name, value in (("--prior-box", args.prior_box), ("--dpi", args.dpi), ("--panel-size", args.panel_size)):
+        if not value > 0:
+            raise InputError(f"{name} must be > 0, got {value}")
     main_spec = args.assigner or args.recipe
     main_cfg = assigner_config(main_spec) if main_spec else None
     compare_cfg = assigner_config(args.compare) if args.compare else None
@@ -334,7 +338,8 @@ def assign_command(args: argparse.Namespace) -> int:
         source = f"untrained prior (scores {PRIOR_SCORE}, boxes {args.prior_box:g} strides)"
     assignment, _ = assign(assigner, preds, targets, dataset.num_classes)
     compared = None if other is None else assign(other, preds, targets, dataset.num_classes)[0]
-    labels = (f"A {_short(main_spec, assigner)}", f"B {_short(args.compare, other)}")
+    main_label = "checkpoint" if model is not None and not main_spec else _short(main_spec or "tood", assigner)
+    labels = (f"A {main_label}", f"B {_short(args.compare, other)}")
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"source": source, "image_size": int(images.shape[-1]), "assigner": repr(assigner)}
     if other is not None:
@@ -343,7 +348,15 @@ def assign_command(args: argparse.Namespace) -> int:
     print(f"{PROG} assign: {assigner!r} on the {source}, {images.shape[-1]} px input")
     for b, image_id in enumerate(ids):
         rows, fig = draw_image(
-            images, targets, preds, assignment, b, names, title=f"image {image_id}: {assigner!r}", dpi=args.dpi
+            images,
+            targets,
+            preds,
+            assignment,
+            b,
+            names,
+            title=f"image {image_id}: {assigner!r}",
+            dpi=args.dpi,
+            panel_size=args.panel_size,
         )
         fig.savefig(args.out / f"{image_id}_assign.png")
         entry = {"rows": [r.as_dict() for r in rows]}
@@ -366,6 +379,7 @@ def assign_command(args: argparse.Namespace) -> int:
                 class_names=names,
                 quality={labels[0]: assignment[1:], labels[1]: compared[1:]},
                 dpi=args.dpi,
+                panel_size=args.panel_size,
             )
             fig.savefig(args.out / f"{image_id}_compare.png")
             entry["compare_rows"] = [r.as_dict() for r in other_rows]

@@ -260,7 +260,7 @@ def test_comparison_marks_exactly_the_disagreements():
                 assert colour == GT_COLOURS[claims[i][0]], (row, i)
             else:
                 assert colour == GREY, (row, i)
-    assert fig.axes[0].get_title() == "TAL: stride 8: 3 positives"
+    assert fig.axes[0].get_title() == "TAL · s8: 3 positives"
 
 
 def test_bad_input_is_named():
