@@ -463,3 +463,17 @@ def test_cli_bad_input_exits_2(fitted, tmp_path, capsys):
     for argv, message in cases:
         assert main(argv) == 2, argv
         assert message in capsys.readouterr().err, argv
+
+
+def test_one_cli_argument_turns_the_callback_on(fitted):
+    from lightning_modules.train_cli import build_cli
+
+    shapes = fitted["shapes"]
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "shapes_tood.yaml")
+    data = [f"--data.{key}={shapes[key]}" for key in ("train_ann", "train_images", "val_ann", "val_images")]
+    cli = build_cli(["--config", config, *data, "--trainer.logger=false"], run=False)
+    assert not any(isinstance(cb, AssignmentVisualizer) for cb in cli.trainer.callbacks)  # off by default
+    on = "--trainer.callbacks+=lightning_modules.callbacks.AssignmentVisualizer"
+    cli = build_cli(["--config", config, *data, "--trainer.logger=false", on], run=False)
+    (callback,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, AssignmentVisualizer)]
+    assert callback.every_n_epochs == 1 and callback.num_images == 4
