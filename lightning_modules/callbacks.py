@@ -33,7 +33,7 @@ __all__ = ["AssignmentVisualizer"]
 class AssignmentVisualizer(Callback):
     """Draw and summarise what the detector's assigner does on fixed validation images.
 
-    After every validation epoch (not the sanity check), on the first ``num_stat_images``
+    In every validation epoch (not the sanity check), on the first ``num_stat_images``
     validation images (letterboxed as in validation, the model as validation runs it — EMA
     weights when averaging, eval mode), the criterion's current assigner
     (``criterion.active_assigner``, so a warm-up assigner during its epochs) assigns the
@@ -111,9 +111,23 @@ class AssignmentVisualizer(Callback):
         return Path(trainer.log_dir or trainer.default_root_dir) / "assign"
 
     # ------------------------------------------------------------------ hook
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        # Inside the validation loop, after its first batch: the model is then exactly as validation
+        # runs it, whatever the callback order (WeightAveraging swaps its averaged weights in at the
+        # validation epoch's start and out at its end).
+        if trainer.sanity_checking or batch_idx != 0 or dataloader_idx != 0:
             return
+        self._watch(trainer, pl_module)
+
+    def _watch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dataset = getattr(trainer.datamodule, "val_dataset", None) if trainer.datamodule is not None else None
         if dataset is None:
             raise ValueError("AssignmentVisualizer needs a data module with a val_dataset (COCODataModule)")

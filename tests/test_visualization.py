@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import EMAWeightAveraging
 from pytorch_lightning.loggers import CSVLogger, Logger
 
 from detlosses.assigners import AssignResult, TaskAlignedAssigner
@@ -329,7 +330,8 @@ def fitted(tmp_path_factory):
         max_epochs=2,
         accelerator="cpu",
         default_root_dir=str(root / "run"),
-        callbacks=[callback],
+        # EMA first: the callback must still see the averaged weights that validation uses
+        callbacks=[EMAWeightAveraging(decay=0.5, update_starting_at_step=0), callback],
         logger=[CSVLogger(str(root / "run")), images],
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -428,6 +430,12 @@ def test_cli_checkpoint_gives_the_training_assignment(fitted, tmp_path, capsys):
             out.cls_logits, out.box_preds, out.box_dist_logits, out.anchor_points, out.strides, targets
         )
     assert positives == int(losses["num_pos"]) > 0
+    # the callback's drawings of the last epoch saw the same (EMA) weights as this checkpoint
+    drawn = json.loads((fitted["log_dir"] / "assign" / "epoch001" / "assignment.json").read_text())["images"]
+    for image_id, rows in drawn.items():
+        cli_rows = report["images"][image_id]["rows"]
+        assert [r["per_level"] for r in rows] == [r["per_level"] for r in cli_rows]
+        assert [r["max_score"] for r in rows] == pytest.approx([r["max_score"] for r in cli_rows], abs=1e-6)
     assert sorted(p.name for p in tmp_path.glob("*.png")) == [f"{i}_assign.png" for i in ids]
 
 
