@@ -242,6 +242,8 @@ def assignment_table(
     max_metric = None if metric is None else _gt_max(metric, fg, gt_index, num_gt).tolist()
     max_overlap = None if overlap is None else _gt_max(overlap, fg, gt_index, num_gt).tolist()
     labels = gt_labels.detach().cpu().long().tolist()
+    if class_names is not None and labels and not 0 <= min(labels) <= max(labels) < len(class_names):
+        raise ValueError(f"gt_labels must index class_names ({len(class_names)} names), got labels {labels}")
     boxes = gt_bboxes.detach().cpu().float().tolist()
     rows = []
     for g in range(num_gt):

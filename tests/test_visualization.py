@@ -276,6 +276,8 @@ def test_bad_input_is_named():
         assignment_table(GT_BOXES, GT_LABELS, STRIDES, res, index=1)
     with pytest.raises(ValueError, match="metric must have shape"):
         assignment_table(GT_BOXES, GT_LABELS, STRIDES, res, metric=torch.zeros(3))
+    with pytest.raises(ValueError, match="must index class_names"):
+        assignment_table(GT_BOXES, GT_LABELS, STRIDES, res, class_names=["cat"])
     with pytest.raises(ValueError, match="image must be"):
         draw_assignment(torch.zeros(4, 4, 4), GT_BOXES, GT_LABELS, POINTS, STRIDES, res)
 
