@@ -8,7 +8,7 @@ from torch import nn
 from .._validation import check_floating
 from ..boxes import box_iou
 from ..registry import ASSIGNERS
-from .assign_result import (
+from ._common import (
     AssignResult,
     _build_result,
     _check_chunk_size,
