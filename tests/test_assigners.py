@@ -13,14 +13,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from references import dense_task_aligned
 
 import detlosses.assigners
 from detlosses import ASSIGNERS
 from detlosses.assigners import AssignResult, ATSSAssigner, TaskAlignedAssigner
 from detlosses.assigners import task_aligned as task_aligned_module
 from detlosses.boxes import box_iou
-
-from references import dense_task_aligned
 
 ROOT = Path(__file__).resolve().parents[1]
 
