@@ -97,7 +97,9 @@ def reference_tal(ps, pb, points, gl, gb, gm, topk=13, alpha=1.0, beta=6.0, eps=
     return _fill(b, a, c, holdings, gl, gb.float())
 
 
-def reference_atss(ps, pb, points, gl, gb, gm, strides, topk=9, octave_base_scale=8.0, eps=1e-9):
+def reference_atss(
+    ps, pb, points, gl, gb, gm, strides, topk=9, octave_base_scale=8.0, eps=1e-9, resolve="claimants"
+):
     b, a, c = ps.shape
     half = (octave_base_scale * strides / 2)[:, None]
     anchor_boxes = torch.cat([points - half, points + half], 1)
@@ -123,6 +125,9 @@ def reference_atss(ps, pb, points, gl, gb, gm, strides, topk=9, octave_base_scal
                 if ok and v >= thr:
                     claims.setdefault(j, []).append((v, g))
         for j, lst in claims.items():
+            if resolve == "all" and len(lst) > 1:  # every valid GT of the image competes
+                all_ious = box_iou(anchor_boxes[j][None], gb[i].float())[0].tolist()
+                lst = [(v, g) for g, v in enumerate(all_ious) if gm[i, g]]
             _, g = min(lst, key=lambda x: (-x[0], x[1]))
             q = box_iou(pb[i, j][None], gb[i, g][None], aligned=True).clamp(min=0)[0]
             holdings[(i, j)] = (g, q)
@@ -518,17 +523,19 @@ def test_tal_chunked_equals_unchunked(case, params, chunk, budget):
         assert_same(_tal(params)(*case), whole)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     case=cases(),
     topk=st.integers(1, 5),
     scale=st.sampled_from([1.0, 2.0, 3.0]),
     chunk=st.integers(1, 3),
+    margin=st.sampled_from([1e-9, 0.01, 1.0]),
+    resolve=st.sampled_from(["claimants", "all"]),
 )
-def test_atss_equals_loop_reference(case, topk, scale, chunk):
-    res = ATSSAssigner(topk, scale)(*case, strides=STRIDES_2LVL)
-    assert_same(res, reference_atss(*case, STRIDES_2LVL, topk, scale))
-    assert_same(ATSSAssigner(topk, scale, chunk_size=chunk)(*case, strides=STRIDES_2LVL), res)
+def test_atss_equals_loop_reference(case, topk, scale, chunk, margin, resolve):
+    res = ATSSAssigner(topk, scale, margin, resolve)(*case, strides=STRIDES_2LVL)
+    assert_same(res, reference_atss(*case, STRIDES_2LVL, topk, scale, margin, resolve))
+    assert_same(ATSSAssigner(topk, scale, margin, resolve, chunk_size=chunk)(*case, strides=STRIDES_2LVL), res)
     fg = res.fg_mask
     assert (res.scores >= 0).all() and (res.scores <= 1).all() and (res.scores.sum(-1)[~fg] == 0).all()
 
@@ -551,3 +558,48 @@ def test_crowded_batch_memory_bound(variant):
     ]
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
     assert 0 < out["peak_mb"] < 2048
+
+
+# ---------------------------------------------------------------- bad values (one reduction each)
+
+NAN = float("nan")
+
+
+def _with(name, index, value):
+    inputs = _inputs()
+    inputs[name] = inputs[name].clone()
+    inputs[name][index] = value
+    return inputs
+
+
+BAD_VALUES = [
+    ("pred_scores", (0, 3, 1), NAN, "pred_scores must be finite"),
+    ("pred_scores", (1, 0, 0), float("inf"), "pred_scores must be finite"),
+    ("pred_scores", (1, 2, 0), 2.5, r"probabilities in \[0, 1\] \(apply sigmoid"),  # logits passed
+    ("pred_scores", (1, 2, 0), -0.5, r"probabilities in \[0, 1\] \(apply sigmoid"),
+    ("pred_bboxes", (0, 5, 2), NAN, "pred_bboxes must be finite"),
+    ("pred_bboxes", (0, 5, 2), -float("inf"), "pred_bboxes must be finite"),
+    ("gt_bboxes", (1, 0, 3), NAN, "gt_bboxes must be finite on every valid row"),
+]
+
+
+@pytest.mark.parametrize("assigner", [TaskAlignedAssigner(), ATSSAssigner()], ids=["tal", "atss"])
+@pytest.mark.parametrize(("name", "index", "value", "message"), BAD_VALUES)
+def test_bad_values_raise_naming_the_argument(assigner, name, index, value, message):
+    with pytest.raises(ValueError, match=message):
+        assigner(**_with(name, index, value), strides=torch.full((16,), 8.0))
+
+
+@pytest.mark.parametrize("assigner", [TaskAlignedAssigner(), ATSSAssigner()], ids=["tal", "atss"])
+def test_nan_on_a_padding_row_is_ignored(assigner):
+    inputs = _with("gt_bboxes", (1, 1), NAN)
+    inputs["gt_mask"] = torch.tensor([[True, True], [True, False]])
+    clean = {**inputs, "gt_bboxes": inputs["gt_bboxes"].nan_to_num(0.0)}
+    assert_same(assigner(**inputs, strides=torch.full((16,), 8.0)), assigner(**clean, strides=torch.full((16,), 8.0)))
+
+
+@pytest.mark.parametrize("assigner", [TaskAlignedAssigner(), ATSSAssigner()], ids=["tal", "atss"])
+def test_zero_anchors_give_an_empty_result(assigner):
+    inputs = {**_inputs(a=0), "anchor_points": torch.zeros(0, 2)}
+    res = assigner(**inputs, strides=torch.zeros(0))
+    assert res.fg_mask.shape == (2, 0) and res.scores.shape == (2, 0, 3) and res.bboxes.shape == (2, 0, 4)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .._validation import check_boxes, check_floating
+from ..boxes import box_iou
 from .assign_result import AssignResult
 
 
@@ -97,6 +98,35 @@ def _resolve_claims(slot: torch.Tensor, gt_flat: torch.Tensor, priority: torch.T
     candidate_gt = torch.where(is_best, gt_flat, no_gt)
     winner = gt_flat.new_full((num_slots,), no_gt).scatter_reduce(0, slot, candidate_gt, "amin")
     return is_best & (gt_flat == winner[slot])
+
+
+def _best_gt_of_image(
+    boxes: torch.Tensor, image: torch.Tensor, gt_boxes: torch.Tensor, valid: torch.Tensor, mode: str = "iou"
+) -> torch.Tensor:
+    """For each of (M,) boxes, the valid GT of its image with the highest overlap (ties: lowest row).
+
+    Args:
+        boxes: (M, 4) xyxy; image: (M,) long image index; gt_boxes: (B, G, 4);
+        valid: (V,) long flat rows ``b * G + g`` of the valid GTs; mode: ``"iou"`` or
+            ``"ciou"`` (clamped at 0).
+
+    Returns:
+        (M,) long flat GT rows ``b * G + g``. Processed in chunks of ~2M (box, GT) pairs.
+    """
+    b, g, _ = gt_boxes.shape
+    gt_valid = torch.zeros(b * g, dtype=torch.bool, device=boxes.device)
+    gt_valid[valid] = True
+    gt_valid = gt_valid.view(b, g)
+    rows = max(1, (1 << 21) // max(g, 1))
+    winners = [image.new_zeros(0)]
+    for start in range(0, boxes.shape[0], rows):
+        chunk = image[start : start + rows]  # (M_c,)
+        overlap = box_iou(boxes[start : start + rows, None], gt_boxes[chunk], mode=mode, aligned=True)  # (M_c, G)
+        if mode == "ciou":
+            overlap = overlap.clamp(min=0)
+        overlap = overlap.masked_fill(~gt_valid[chunk], -torch.inf)
+        winners.append(chunk * g + overlap.argmax(1))  # first maximum = lowest GT row
+    return torch.cat(winners)
 
 
 def _build_result(

@@ -12,13 +12,14 @@ from torch import nn
 from ..boxes import box_iou
 from ..registry import ASSIGNERS
 from ._common import (
-    AssignResult,
+    _best_gt_of_image,
     _build_result,
     _check_chunk_size,
     _check_inputs,
     _inside_mask,
     _resolve_claims,
 )
+from .assign_result import AssignResult
 
 __all__ = ["TaskAlignedAssigner"]
 
@@ -381,7 +382,8 @@ class TaskAlignedAssigner(nn.Module):
             win = _resolve_claims(rival_slot, rival_gt, rival_overlap, b * a)
             won_slot, won_gt = rival_slot[win], rival_gt[win]
         else:
-            won_slot, won_gt = self._best_of_image(x, contested.nonzero().squeeze(1))
+            won_slot = contested.nonzero().squeeze(1)
+            won_gt = _best_gt_of_image(x.pred[won_slot], won_slot // a, x.gt.view(b, -1, 4), x.valid, self.iou_type)
         won_overlap, won_metric = self._score(x, won_slot, won_gt)
         return (
             torch.cat([slot[single], won_slot]),
@@ -389,22 +391,3 @@ class TaskAlignedAssigner(nn.Module):
             torch.cat([overlap[single], won_overlap]),
             torch.cat([metric[single], won_metric]),
         )
-
-    def _best_of_image(self, x: _Batch, slot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """For (M,) anchor slots, the valid GT of the same image with the highest overlap (ties: lowest)."""
-        b, a, g = x.batch, x.num_anchors, x.num_gt
-        gt_valid = torch.zeros(b * g, dtype=torch.bool, device=slot.device)
-        gt_valid[x.valid] = True
-        gt_valid = gt_valid.view(b, g)
-        gt_boxes = x.gt.view(b, g, 4)
-        rows = max(1, _PAIR_BUDGET // max(g, 1))
-        winners = []
-        for start in range(0, slot.numel(), rows):
-            chunk = slot[start : start + rows]  # (M_c,)
-            image = torch.div(chunk, a, rounding_mode="floor")
-            overlap = box_iou(x.pred[chunk][:, None], gt_boxes[image], mode=self.iou_type, aligned=True)
-            if self.iou_type == "ciou":
-                overlap = overlap.clamp(min=0)
-            overlap = overlap.masked_fill(~gt_valid[image], -torch.inf)  # (M_c, G)
-            winners.append(image * g + overlap.argmax(1))  # first maximum = lowest GT index
-        return slot, torch.cat(winners)
