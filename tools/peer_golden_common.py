@@ -75,7 +75,7 @@ def make_inputs(case: Case, n_bins: int, offset: float = 0.5) -> dict:
     """Head outputs and targets of a case.
 
     Returns a dict: ``points`` (A, 2), ``strides`` (A,), ``level_sizes`` (points per level),
-    ``cls_logits`` (B, A, C), ``dist_logits`` (B, A, 4, n_bins) peaked around 0.3-5 bins,
+    ``cls_logits`` (B, A, C), ``dist_logits`` (B, A, 4, n_bins) peaked around 0.3-5 bins (log-probabilities above -40),
     ``boxes`` / ``labels``: lists of B tensors (n_i, 4) xyxy pixels and (n_i,) long.
     """
     gen = torch.Generator().manual_seed(case.seed)
@@ -84,7 +84,7 @@ def make_inputs(case: Case, n_bins: int, offset: float = 0.5) -> dict:
     cls_logits = (torch.rand(b, a, c, generator=gen) - 0.7) * 8
     centre = 0.3 + torch.rand(b, a, 4, 1, generator=gen) * 4.7  # bins
     bins = torch.arange(n_bins, dtype=torch.float32)
-    dist_logits = -((bins - centre) ** 2) / 2 + torch.rand(b, a, 4, n_bins, generator=gen) - 0.5
+    dist_logits = -((bins - centre) ** 2) / 8 + torch.rand(b, a, 4, n_bins, generator=gen) - 0.5
     boxes, labels = [], []
     for i in range(b):
         kind = ("plain", "none", "crowded", "small")[i]
@@ -114,3 +114,32 @@ def decode(points: torch.Tensor, strides: torch.Tensor, dist_logits: torch.Tenso
     bins = torch.arange(dist_logits.shape[-1], dtype=torch.float32)
     dist = dist_logits.softmax(-1) @ bins * strides[:, None]  # (B, A, 4)
     return torch.cat([points - dist[..., :2], points + dist[..., 2:]], -1)
+
+
+def export(path: str, n_bins: int, offset: float) -> None:
+    """Write every case's inputs as numpy arrays to ``path`` (.npz), for a peer without torch."""
+    import json
+
+    import numpy as np
+
+    arrays = {"cases": np.array(json.dumps([case.__dict__ for case in CASES]))}
+    for case in CASES:
+        x = make_inputs(case, n_bins, offset)
+        arrays[f"{case.name}/checksum"] = np.array(input_checksum(x))
+        for key in ("points", "strides", "cls_logits", "dist_logits"):
+            arrays[f"{case.name}/{key}"] = x[key].numpy()
+        for i, (boxes, labels) in enumerate(zip(x["boxes"], x["labels"], strict=True)):
+            arrays[f"{case.name}/boxes{i}"] = boxes.numpy()
+            arrays[f"{case.name}/labels{i}"] = labels.numpy()
+    np.savez(path, **arrays)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="export the seeded cases' inputs as .npz")
+    parser.add_argument("path")
+    parser.add_argument("--bins", type=int, required=True)
+    parser.add_argument("--offset", type=float, required=True)
+    args = parser.parse_args()
+    export(args.path, args.bins, args.offset)
