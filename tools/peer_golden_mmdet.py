@@ -111,7 +111,7 @@ def _assignment(gt_inds: list, scores: torch.Tensor | None, num_anchors: int) ->
 
 def golden_tood(case, epoch: int) -> dict:
     x = make_inputs(case, n_bins=17, offset=0.0)
-    b, a, c = x["cls_logits"].shape
+    _, a, c = x["cls_logits"].shape
     bins = torch.arange(17, dtype=torch.float32)
     dist = x["dist_logits"].softmax(-1) @ bins  # (B, A, 4) in strides
     centre = x["points"] / x["strides"][:, None]
