@@ -198,8 +198,9 @@ class TaskAlignedAssigner(nn.Module):
     by y once, and each GT tests only the anchors of its narrower x- or y-strip (found by
     binary search). ``"topk_first"`` searches the strips of the GT grown by how far the
     predicted boxes reach (an anchor whose predicted box misses the GT has t = 0); the
-    ``"inside"`` resolution enumerates the inside pairs of the contested anchors only, and
-    ``"all"`` scores each contested anchor against the GTs of its image in bounded chunks.
+    ``"inside"`` resolution walks the inside pairs a second time and scores those of the
+    contested anchors only, and ``"all"`` scores each contested anchor against the GTs of
+    its image in bounded chunks.
     GT rows are processed in chunks of at most ~2M tested pairs (and at most ``chunk_size``
     rows if given); only the top-k claims of each GT outlive its chunk. The result does not
     depend on the chunking.
