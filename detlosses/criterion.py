@@ -13,10 +13,11 @@ number of GPUs and never divides by zero.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as tnf
 from torch import nn
 
 from ._validation import check_boxes, check_floating
@@ -25,8 +26,9 @@ from .registry import ASSIGNERS, LOSSES
 
 __all__ = ["DetectionCriterion", "pad_targets", "reduce_mean"]
 
-CLS_NORMALIZERS = ("score_sum", "num_pos")
-BOX_WEIGHTINGS = ("target_score", "pred_score")
+CLS_NORMALIZERS = ("score_sum", "num_pos", "num_pos_per_image")
+BOX_WEIGHTINGS = ("target_score", "pred_score", "centerness")
+CLS_TARGETS = ("score", "onehot")
 
 
 def reduce_mean(value: torch.Tensor) -> torch.Tensor:
@@ -44,7 +46,8 @@ def pad_targets(
     """Stack per-image targets into padded tensors.
 
     Returns ``gt_labels (B, G)`` long, ``gt_bboxes (B, G, 4)`` float32 and ``gt_mask (B, G)``
-    bool, with G the largest box count in the batch (0 when no image has a box).
+    bool, with G the largest box count in the batch (0 when no image has a box). Labels
+    must be integers in [0, num_classes) and boxes finite (one check each for the batch).
     """
     counts = []
     for i, target in enumerate(targets):
@@ -56,8 +59,8 @@ def pad_targets(
                 f"targets[{i}]: expected boxes (n, 4) and labels (n,), "
                 f"got {tuple(boxes.shape)} and {tuple(labels.shape)}"
             )
-        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(f"targets[{i}]['labels'] must lie in [0, {num_classes}), got {labels.tolist()}")
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"targets[{i}]['labels'] must be an integer (long) tensor, got dtype {labels.dtype}")
         counts.append(len(labels))
     batch, max_gt = len(targets), max(counts, default=0)
     gt_labels = torch.zeros(batch, max_gt, dtype=torch.long, device=device)
@@ -67,6 +70,13 @@ def pad_targets(
         gt_labels[i, :n] = target["labels"]
         gt_bboxes[i, :n] = target["boxes"]
         gt_mask[i, :n] = True
+    bad_label = gt_mask & ((gt_labels < 0) | (gt_labels >= num_classes))
+    if bad_label.any():
+        i = int(bad_label.any(1).nonzero()[0])
+        raise ValueError(f"targets[{i}]['labels'] must lie in [0, {num_classes}), got {targets[i]['labels'].tolist()}")
+    if not torch.isfinite(gt_bboxes).all():
+        i = int((~torch.isfinite(gt_bboxes)).flatten(1).any(1).nonzero()[0])
+        raise ValueError(f"targets[{i}]['boxes'] must be finite, got NaN or inf")
     return gt_labels, gt_bboxes, gt_mask
 
 
@@ -80,16 +90,26 @@ class DetectionCriterion(nn.Module):
         box_loss: LOSSES config of an IoU-family loss on decoded xyxy boxes.
         dfl_loss: LOSSES config of the distribution focal loss, or None.
         reg_max: DFL distances span ``[0, reg_max]`` strides (``reg_max + 1`` bins a side).
-        weights: factor of each term in the total, keys ``cls``, ``box``, ``dfl``.
-        cls_normalizer: ``"score_sum"`` divides the classification loss by the sum of the
-            target scores (TOOD, PP-YOLOE, YOLOv8); ``"num_pos"`` by the positive count (GFL).
-        box_weighting: each positive's weight in the box and DFL losses and their normaliser:
-            ``"target_score"``, the sum of its target scores (TOOD, PP-YOLOE, YOLOv8), or
-            ``"pred_score"``, its highest predicted probability (GFL).
-        initial_assigner: ASSIGNERS config used instead of ``assigner`` while the epoch set by
-            :meth:`set_epoch` is below ``initial_epochs`` (TOOD's ATSS warm-up:
-            ``{"type": "ATSSAssigner", "topk": 9}`` for 4 epochs), or None.
-        initial_epochs: length of that warm-up in epochs.
+        weights: factor of each term in the total, keys ``cls``, ``box``, ``dfl``. These are
+            the only weights: a loss given with ``loss_weight != 1`` is an error.
+        cls_normalizer: the classification loss is divided by ``"score_sum"``, the sum of
+            the target scores (TOOD, PP-YOLOE, YOLOv8); ``"num_pos"``, the positive count;
+            or ``"num_pos_per_image"``, the sum over images of max(positives, 1) (GFL).
+        box_weighting: each positive's weight in the box and DFL losses (their normaliser is
+            the sum of the weights): ``"target_score"``, the sum of its target scores (TOOD,
+            PP-YOLOE, YOLOv8); ``"pred_score"``, its highest predicted probability (GFL); or
+            ``"centerness"``, the FCOS centerness of its anchor point in its GT (TOOD's
+            warm-up).
+        cls_target: ``"score"``, the assigner's soft scores, or ``"onehot"``, 1 at the class
+            of each positive (TOOD's warm-up focal loss).
+        dfl_target_margin: DFL targets are clamped to ``[0, reg_max - dfl_target_margin]``
+            (0.01; mmdetection's GFL uses 0.1).
+        warmup: what changes during the first ``warmup_epochs`` epochs, a dict with any of
+            the keys ``assigner``, ``cls_loss``, ``cls_target``, ``cls_normalizer``,
+            ``box_weighting`` (TOOD's ATSS epochs, PP-YOLOE's static-ATSS epochs), or None.
+        warmup_epochs: length of that phase; the training loop calls :meth:`set_epoch` at
+            the start of every epoch (``OneStageDetector`` does). 0 (the default): no phase,
+            so a loop that never calls ``set_epoch`` is never stuck in one.
 
     Call with ``cls_logits (B, A, C)``, ``box_preds (B, A, 4)`` (decoded xyxy pixels),
     ``box_dist_logits (B, A, 4 * (reg_max + 1))`` or None, ``anchor_points (A, 2)``,
@@ -109,54 +129,83 @@ class DetectionCriterion(nn.Module):
         weights: Mapping[str, float] | None = None,
         cls_normalizer: str = "score_sum",
         box_weighting: str = "target_score",
-        initial_assigner: Mapping[str, Any] | nn.Module | None = None,
-        initial_epochs: int = 0,
+        cls_target: str = "score",
+        dfl_target_margin: float = 0.01,
+        warmup: Mapping[str, Any] | None = None,
+        warmup_epochs: int = 0,
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if cls_normalizer not in CLS_NORMALIZERS:
-            raise ValueError(f"cls_normalizer must be one of {CLS_NORMALIZERS}, got {cls_normalizer!r}")
-        if box_weighting not in BOX_WEIGHTINGS:
-            raise ValueError(f"box_weighting must be one of {BOX_WEIGHTINGS}, got {box_weighting!r}")
         weights = {"cls": 1.0, "box": 1.0, "dfl": 1.0, **(weights or {})}
         unknown = set(weights) - {"cls", "box", "dfl"}
         if unknown:
             raise KeyError(f"weights takes the keys 'cls', 'box', 'dfl', got {sorted(unknown)}")
-        if isinstance(initial_epochs, bool) or not isinstance(initial_epochs, int) or initial_epochs < 0:
-            raise ValueError(f"initial_epochs must be an int >= 0, got {initial_epochs!r}")
-        if initial_epochs and initial_assigner is None:
-            raise ValueError(f"initial_epochs={initial_epochs} needs an initial_assigner")
+        if not 0 < dfl_target_margin < reg_max:
+            raise ValueError(f"dfl_target_margin must lie in (0, reg_max = {reg_max}), got {dfl_target_margin!r}")
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be an int >= 0, got {warmup_epochs!r}")
+        if warmup_epochs and not warmup:
+            raise ValueError(f"warmup_epochs={warmup_epochs} needs a warmup dict of what changes in that phase")
+        warmup = dict(warmup or {})
+        unknown = set(warmup) - set(_PHASE_KEYS)
+        if unknown:
+            raise KeyError(f"warmup takes the keys {list(_PHASE_KEYS)}, got {sorted(unknown)}")
         self.num_classes = num_classes
         self.reg_max = reg_max
         self.weights = weights
-        self.cls_normalizer = cls_normalizer
-        self.box_weighting = box_weighting
-        self.assigner = ASSIGNERS.build(assigner)
-        self.initial_assigner = None if initial_assigner is None else ASSIGNERS.build(initial_assigner)
-        self.initial_epochs = initial_epochs
+        self.dfl_target_margin = dfl_target_margin
+        self.warmup_epochs = warmup_epochs
         self.epoch = 0
-        self.cls_loss = LOSSES.build(cls_loss)
-        self.box_loss = LOSSES.build(box_loss)
-        self.dfl_loss = None if dfl_loss is None else LOSSES.build(dfl_loss)
+        self.assigner = ASSIGNERS.build(assigner)
+        self.cls_loss = _build_loss("cls_loss", cls_loss, weights["cls"], "cls")
+        self.box_loss = _build_loss("box_loss", box_loss, weights["box"], "box")
+        self.dfl_loss = None if dfl_loss is None else _build_loss("dfl_loss", dfl_loss, weights["dfl"], "dfl")
+        self.steady_phase = _Phase(cls_normalizer, box_weighting, cls_target)
+        _check_phase(self.steady_phase)
+        self.warmup_assigner = ASSIGNERS.build(warmup["assigner"]) if "assigner" in warmup else None
+        self.warmup_cls_loss = None
+        if "cls_loss" in warmup:
+            self.warmup_cls_loss = _build_loss("warmup['cls_loss']", warmup["cls_loss"], weights["cls"], "cls")
+        self.warmup_phase = _Phase(
+            warmup.get("cls_normalizer", cls_normalizer),
+            warmup.get("box_weighting", box_weighting),
+            warmup.get("cls_target", cls_target),
+        )
+        _check_phase(self.warmup_phase)
 
     @classmethod
-    def from_recipe(cls, name: str, num_classes: int, **overrides: Any) -> DetectionCriterion:
-        """Build one of :data:`detlosses.recipes.RECIPES` ("tood", "gfl", "ppyoloe", "yolov8")."""
+    def from_recipe(cls, name: str, num_classes: int, warmup_epochs: int = 0, **overrides: Any) -> DetectionCriterion:
+        """Build one of :data:`detlosses.recipes.RECIPES` ("tood", "gfl", "ppyoloe", "yolov8").
+
+        ``warmup_epochs=N > 0`` turns on the recipe's warm-up phase for the first N epochs
+        (tood: mmdetection's ATSS epochs, 4 in its config; ppyoloe: PaddleDetection's
+        static-ATSS epochs); ``overrides`` replace recipe arguments (``warmup`` included).
+        """
         from .recipes import get_recipe
 
-        return cls(num_classes=num_classes, **{**get_recipe(name), **overrides})
+        kwargs = {**get_recipe(name), **overrides}
+        if warmup_epochs and not kwargs.get("warmup"):
+            raise ValueError(f"recipe {name!r} has no warm-up phase; warmup_epochs={warmup_epochs} needs warmup=...")
+        if not warmup_epochs:
+            kwargs.pop("warmup", None)
+        return cls(num_classes=num_classes, warmup_epochs=warmup_epochs, **kwargs)
 
     def set_epoch(self, epoch: int) -> None:
-        """Tell the criterion the training epoch (0-based), which picks the warm-up assigner;
-        a training loop calls it at the start of every epoch, like ``DistributedSampler``'s."""
+        """Tell the criterion the training epoch (0-based), which picks the phase; a training
+        loop calls it at the start of every epoch, like ``DistributedSampler``'s."""
         self.epoch = int(epoch)
 
     @property
+    def in_warmup(self) -> bool:
+        """True during the first ``warmup_epochs`` epochs (as set by :meth:`set_epoch`)."""
+        return self.epoch < self.warmup_epochs
+
+    @property
     def active_assigner(self) -> nn.Module:
-        """``initial_assigner`` during the first ``initial_epochs`` epochs, ``assigner`` after."""
-        if self.initial_assigner is not None and self.epoch < self.initial_epochs:
-            return self.initial_assigner
+        """The assigner of the current phase."""
+        if self.in_warmup and self.warmup_assigner is not None:
+            return self.warmup_assigner
         return self.assigner
 
     def forward(
@@ -170,6 +219,8 @@ class DetectionCriterion(nn.Module):
     ) -> dict[str, torch.Tensor]:
         self._check_inputs(cls_logits, box_preds, box_dist_logits, anchor_points, strides, targets)
         gt_labels, gt_bboxes, gt_mask = pad_targets(targets, self.num_classes, cls_logits.device)
+        phase = self.warmup_phase if self.in_warmup else self.steady_phase
+        cls_loss_fn = self.warmup_cls_loss if self.in_warmup and self.warmup_cls_loss is not None else self.cls_loss
 
         with torch.no_grad():
             pred_scores = cls_logits.detach().float().sigmoid()  # (B, A, C)
@@ -178,29 +229,39 @@ class DetectionCriterion(nn.Module):
                 gt_labels, gt_bboxes, gt_mask, strides=strides.float(),
             )
         fg_mask = assigned.fg_mask  # (B, A)
-        target_scores = assigned.scores  # (B, A, C)
         num_pos = fg_mask.sum()
+        if phase.cls_target == "score":
+            cls_targets = assigned.scores  # (B, A, C)
+        else:  # one-hot at the class of each positive
+            cls_targets = torch.zeros_like(assigned.scores)
+            cls_targets[fg_mask] = tnf.one_hot(assigned.labels[fg_mask], self.num_classes).float()
 
-        if self.cls_normalizer == "score_sum":
-            cls_avg = reduce_mean(target_scores.sum()).clamp(min=1.0)
-        else:
-            cls_avg = reduce_mean(num_pos.float()).clamp(min=1.0)
-        loss_cls = self.cls_loss(cls_logits, target_scores, avg_factor=cls_avg)
+        if phase.cls_normalizer == "score_sum":
+            cls_avg = cls_targets.sum()
+        elif phase.cls_normalizer == "num_pos":
+            cls_avg = num_pos.float()
+        else:  # per image, at least one
+            cls_avg = fg_mask.sum(1).clamp(min=1).sum().float()
+        loss_cls = cls_loss_fn(cls_logits, cls_targets, avg_factor=reduce_mean(cls_avg).clamp(min=1.0))
 
         # Positives only from here on: P = num_pos.
-        if self.box_weighting == "target_score":
-            box_weight = target_scores.sum(-1)[fg_mask]  # (P,)
-        else:
-            box_weight = pred_scores.max(-1).values[fg_mask]  # (P,)
-        box_avg = reduce_mean(box_weight.sum()).clamp(min=1.0)
         target_bboxes = assigned.bboxes[fg_mask]  # (P, 4)
+        fg_points = anchor_points[None].expand(*fg_mask.shape, 2)[fg_mask].float()  # (P, 2)
+        if phase.box_weighting == "target_score":
+            box_weight = assigned.scores.sum(-1)[fg_mask]  # (P,)
+        elif phase.box_weighting == "pred_score":
+            box_weight = pred_scores.max(-1).values[fg_mask]  # (P,)
+        else:
+            box_weight = _centerness(fg_points, target_bboxes)  # (P,)
+        box_avg = reduce_mean(box_weight.sum()).clamp(min=1.0)
         loss_box = self.box_loss(box_preds[fg_mask], target_bboxes, weight=box_weight, avg_factor=box_avg)
 
         loss_dfl = cls_logits.new_zeros((), dtype=torch.float32)
         if self.dfl_loss is not None:
             fg_strides = strides[None].expand_as(fg_mask)[fg_mask].float()[:, None]  # (P, 1)
-            fg_points = anchor_points[None].expand(*fg_mask.shape, 2)[fg_mask].float()  # (P, 2)
-            dist_targets = bbox2distance(fg_points / fg_strides, target_bboxes / fg_strides, max_dis=self.reg_max)
+            dist_targets = bbox2distance(
+                fg_points / fg_strides, target_bboxes / fg_strides, max_dis=self.reg_max, eps=self.dfl_target_margin
+            )
             dist_logits = box_dist_logits[fg_mask].reshape(-1, 4, self.reg_max + 1)  # (P, 4, n_bins)
             # Mean over the four sides, weighted per positive, normalised like the box loss.
             loss_dfl = self.dfl_loss(dist_logits, dist_targets, weight=box_weight, avg_factor=4.0 * box_avg)
@@ -243,10 +304,51 @@ class DetectionCriterion(nn.Module):
                 raise ValueError(f"box_dist_logits must be (B, A, 4 * (reg_max + 1)) = {expected}, got {got}")
         if len(targets) != batch:
             raise ValueError(f"targets must hold one dict per image ({batch}), got {len(targets)}")
+        for name, tensor in (("cls_logits", cls_logits), ("box_preds", box_preds)):
+            if not torch.isfinite(tensor.detach()).all():
+                raise ValueError(f"{name} must be finite, got NaN or inf")
 
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, reg_max={self.reg_max}, weights={self.weights}, "
-            f"cls_normalizer={self.cls_normalizer!r}, box_weighting={self.box_weighting!r}, "
-            f"initial_epochs={self.initial_epochs}"
+            f"steady_phase={self.steady_phase}, warmup_phase={self.warmup_phase}, warmup_epochs={self.warmup_epochs}, "
+            f"dfl_target_margin={self.dfl_target_margin}"
         )
+
+
+class _Phase(NamedTuple):
+    """How the classification targets, their normaliser and the box weights are formed."""
+
+    cls_normalizer: str
+    box_weighting: str
+    cls_target: str
+
+
+_PHASE_KEYS = ("assigner", "cls_loss", "cls_target", "cls_normalizer", "box_weighting")
+
+
+def _check_phase(phase: _Phase) -> None:
+    for name, value, allowed in zip(_Phase._fields, phase, (CLS_NORMALIZERS, BOX_WEIGHTINGS, CLS_TARGETS), strict=True):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _build_loss(name: str, cfg: Mapping[str, Any] | nn.Module, weight: float, key: str) -> nn.Module:
+    """LOSSES.build, refusing a second weight: the criterion's ``weights`` alone scale the terms."""
+    loss = LOSSES.build(cfg)
+    loss_weight = getattr(loss, "loss_weight", 1.0)
+    if loss_weight != 1:
+        raise ValueError(
+            f"{name} has loss_weight={loss_weight} and weights['{key}']={weight}: the criterion scales each term "
+            f"by weights only; set weights={{'{key}': {weight * loss_weight}}} and leave loss_weight at 1"
+        )
+    return loss
+
+
+def _centerness(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """FCOS centerness sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b)) of (P, 2) points in (P, 4) boxes."""
+    left, top = (points - boxes[:, :2]).unbind(-1)
+    right, bottom = (boxes[:, 2:] - points).unbind(-1)
+    ratio_x = torch.minimum(left, right) / torch.maximum(left, right).clamp(min=1e-12)
+    ratio_y = torch.minimum(top, bottom) / torch.maximum(top, bottom).clamp(min=1e-12)
+    return (ratio_x.clamp(min=0) * ratio_y.clamp(min=0)).sqrt()

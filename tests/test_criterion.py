@@ -56,8 +56,8 @@ def hand_combined(crit, recipe, cls_logits, box_preds, dist_logits, points, stri
         cls_sum = bce.sum()
     else:  # QFL beta 2
         cls_sum = (bce * (t - p).abs() ** 2).sum()
-    if recipe == "gfl":
-        cls = cls_sum / max(float(fg.sum()), 1.0)
+    if recipe == "gfl":  # sum over images of max(num_pos_i, 1)
+        cls = cls_sum / float(fg.sum(1).clamp(min=1).sum())
         w = p.detach().max(-1).values[fg]
     else:
         cls = cls_sum / max(float(t.sum()), 1.0)
@@ -72,7 +72,8 @@ def hand_combined(crit, recipe, cls_logits, box_preds, dist_logits, points, stri
     dfl = torch.zeros(())
     if crit.dfl_loss is not None:
         s = strides[None].expand_as(fg)[fg][:, None]
-        target = bbox2distance(points[None].expand(*fg.shape, 2)[fg] / s, tb / s).clamp(0, REG_MAX - 0.01)
+        margin = 0.1 if recipe == "gfl" else 0.01
+        target = bbox2distance(points[None].expand(*fg.shape, 2)[fg] / s, tb / s).clamp(0, REG_MAX - margin)
         left = target.floor().long()
         logits = dist_logits[fg].reshape(-1, 4, REG_MAX + 1)
         ce_l = tnf.cross_entropy(logits.reshape(-1, REG_MAX + 1), left.flatten(), reduction="none").view(-1, 4)
@@ -100,20 +101,97 @@ def test_total_equals_hand_combined_losses(recipe):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
-def test_tood_atss_warmup_switches_assigner_by_epoch():
+def test_tood_warmup_phase_by_epoch():
     inputs = make_inputs()
-    atss9 = {"type": "ATSSAssigner", "topk": 9}
-    crit = DetectionCriterion.from_recipe("tood", 3, reg_max=REG_MAX, initial_assigner=atss9, initial_epochs=2)
-    atss = DetectionCriterion.from_recipe("tood", 3, reg_max=REG_MAX, assigner=atss9)
+    crit = DetectionCriterion.from_recipe("tood", 3, reg_max=REG_MAX, warmup_epochs=2)
+    # the warm-up written out as a steady-state criterion: mmdetection's ATSS epochs
+    atss = DetectionCriterion.from_recipe(
+        "tood", 3, reg_max=REG_MAX,
+        assigner={"type": "ATSSAssigner", "topk": 9, "inside_margin": 0.01},
+        cls_loss={"type": "FocalLoss", "alpha": 0.25, "gamma": 2.0},
+        cls_target="onehot", cls_normalizer="num_pos", box_weighting="centerness",
+    )
     tal = DetectionCriterion.from_recipe("tood", 3, reg_max=REG_MAX)
     assert not torch.allclose(atss(*inputs)["loss"], tal(*inputs)["loss"])  # the two differ here
     for epoch, reference in ((0, atss), (1, atss), (2, tal), (7, tal)):
         crit.set_epoch(epoch)
-        torch.testing.assert_close(crit(*inputs)["loss"], reference(*inputs)["loss"], rtol=0, atol=0)
-    with pytest.raises(ValueError, match="initial_assigner"):
-        DetectionCriterion.from_recipe("tood", 3, initial_epochs=4)
-    with pytest.raises(ValueError, match="initial_epochs"):
-        DetectionCriterion.from_recipe("tood", 3, initial_assigner=atss9, initial_epochs=-1)
+        got, want = crit(*inputs), reference(*inputs)
+        for key in ("loss", "loss_cls", "loss_box", "num_pos"):
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=0)
+    assert type(tal.active_assigner).__name__ == "TaskAlignedAssigner"
+
+
+def test_warmup_by_hand_focal_onehot_and_centerness():
+    cls_logits, box_preds, dist_logits, points, strides, targets = make_inputs()
+    crit = DetectionCriterion.from_recipe("tood", 3, reg_max=REG_MAX, warmup_epochs=1)
+    out = crit(cls_logits, box_preds, dist_logits, points, strides, targets)  # epoch 0: warm-up
+    gt_labels, gt_bboxes, gt_mask = pad_targets(targets, 3, cls_logits.device)
+    res = crit.active_assigner(cls_logits.detach().sigmoid(), box_preds.detach(), points, gt_labels, gt_bboxes,
+                               gt_mask, strides=strides)
+    fg = res.fg_mask
+    onehot = tnf.one_hot(res.labels, 4)[..., :3].float()
+    focal = torchvision.ops.sigmoid_focal_loss(cls_logits, onehot, alpha=0.25, gamma=2.0, reduction="sum")
+    torch.testing.assert_close(out["loss_cls"], focal / fg.sum(), rtol=1e-5, atol=1e-7)
+    p, box = points[None].expand(*fg.shape, 2)[fg], res.bboxes[fg]
+    lr = torch.stack([p[:, 0] - box[:, 0], box[:, 2] - p[:, 0]], -1)
+    tb = torch.stack([p[:, 1] - box[:, 1], box[:, 3] - p[:, 1]], -1)
+    centerness = (lr.amin(-1) / lr.amax(-1) * tb.amin(-1) / tb.amax(-1)).sqrt()
+    giou = torchvision.ops.generalized_box_iou_loss(box_preds[fg], box, reduction="none")
+    torch.testing.assert_close(out["loss_box"], (giou * centerness).sum() / centerness.sum(), rtol=1e-5, atol=1e-7)
+
+
+def test_warmup_is_opt_in_and_checked():
+    inputs = make_inputs()
+    plain = DetectionCriterion.from_recipe("tood", 3, reg_max=REG_MAX)  # never calls set_epoch: steady state
+    assert not plain.in_warmup and type(plain.active_assigner).__name__ == "TaskAlignedAssigner"
+    plain(*inputs)
+    with pytest.raises(ValueError, match="'gfl' has no warm-up phase"):
+        DetectionCriterion.from_recipe("gfl", 3, warmup_epochs=3)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        DetectionCriterion.from_recipe("tood", 3, warmup_epochs=-1)
+    with pytest.raises(ValueError, match="needs a warmup dict"):
+        DetectionCriterion(3, "TaskAlignedAssigner", "FocalLoss", "GIoULoss", warmup_epochs=2)
+    with pytest.raises(KeyError, match="warmup takes the keys"):
+        DetectionCriterion.from_recipe("tood", 3, warmup_epochs=2, warmup={"box_loss": "IoULoss"})
+    with pytest.raises(ValueError, match="box_weighting"):
+        DetectionCriterion.from_recipe("tood", 3, warmup_epochs=2, warmup={"box_weighting": "centre"})
+
+
+def test_one_weight_knob_and_unweighted_logged_terms():
+    inputs = make_inputs()
+    crit = DetectionCriterion.from_recipe("yolov8", 3, reg_max=REG_MAX)
+    out = crit(*inputs)
+    w = crit.weights
+    expected = w["cls"] * out["loss_cls"] + w["box"] * out["loss_box"] + w["dfl"] * out["loss_dfl"]
+    torch.testing.assert_close(out["loss"].detach(), expected, rtol=1e-6, atol=0)
+    for key, term in (("box", "box_loss"), ("cls", "cls_loss"), ("dfl", "dfl_loss")):
+        with pytest.raises(ValueError, match=rf"{term} has loss_weight=2.0 and weights\['{key}'\]"):
+            DetectionCriterion.from_recipe("yolov8", 3, **{term: {**RECIPES["yolov8"][term], "loss_weight": 2.0}})
+
+
+def test_gfl_normaliser_and_dfl_clamp_by_hand():
+    cls_logits, box_preds, dist_logits, points, strides, targets = make_inputs()
+    targets[1] = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}  # no positive there
+    crit = DetectionCriterion.from_recipe("gfl", 3, reg_max=REG_MAX)
+    out = crit(cls_logits, box_preds, dist_logits, points, strides, targets)
+    gt_labels, gt_bboxes, gt_mask = pad_targets(targets, 3, cls_logits.device)
+    res = crit.assigner(cls_logits.detach().sigmoid(), box_preds.detach(), points, gt_labels, gt_bboxes, gt_mask,
+                        strides=strides)
+    fg, t, p = res.fg_mask, res.scores, cls_logits.sigmoid()
+    qfl = (tnf.binary_cross_entropy_with_logits(cls_logits, t, reduction="none") * (t - p).abs() ** 2).sum()
+    per_image = fg.sum(1).clamp(min=1).sum()  # image 1 counts 1
+    assert int(fg[0].sum()) > 0 and int(fg[1].sum()) == 0
+    torch.testing.assert_close(out["loss_cls"], qfl / per_image, rtol=1e-5, atol=1e-7)
+    s = strides[None].expand_as(fg)[fg][:, None]
+    far = bbox2distance(points[None].expand(*fg.shape, 2)[fg] / s, res.bboxes[fg] / s)
+    clamped = far.clamp(0, REG_MAX - 0.1)
+    left = clamped.floor().long()
+    logits = dist_logits[fg].reshape(-1, REG_MAX + 1)
+    ce_l = tnf.cross_entropy(logits, left.flatten(), reduction="none").view(-1, 4)
+    ce_r = tnf.cross_entropy(logits, (left + 1).flatten(), reduction="none").view(-1, 4)
+    w = p.detach().max(-1).values[fg]
+    dfl = (((left + 1 - clamped) * ce_l + (clamped - left) * ce_r).mean(-1) * w).sum() / w.sum()
+    torch.testing.assert_close(out["loss_dfl"], dfl, rtol=1e-5, atol=1e-7)
 
 
 def test_no_ground_truth_gives_finite_loss_with_gradient():
@@ -185,3 +263,41 @@ def test_ddp_normaliser_is_averaged_over_ranks(tmp_path):
     mean_sum = max((s0 + s1) / 2, 1.0)
     assert cls0 == pytest.approx(vfl0 / mean_sum, rel=1e-5)
     assert cls1 == pytest.approx(vfl1 / mean_sum, rel=1e-5)
+
+
+def _bad_targets(kind):
+    targets = make_inputs()[5]
+    if kind == "nan_box":
+        targets[1] = {**targets[1], "boxes": torch.tensor([[10.0, float("nan"), 40.0, 62.0]])}
+    elif kind == "inf_box":
+        targets[0] = {**targets[0], "boxes": targets[0]["boxes"].clone().index_fill_(1, torch.tensor([2]), math.inf)}
+    elif kind == "float_labels":
+        targets[0] = {**targets[0], "labels": torch.tensor([0.0, 1.7])}
+    return targets
+
+
+@pytest.mark.parametrize("recipe", ["tood", "yolov8"])
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("nan_box", r"targets\[1\]\['boxes'\] must be finite"),
+        ("inf_box", r"targets\[0\]\['boxes'\] must be finite"),
+        ("float_labels", r"targets\[0\]\['labels'\] must be an integer"),
+    ],
+)
+def test_bad_targets_raise(recipe, kind, message):
+    cls_logits, box_preds, dist_logits, points, strides, _ = make_inputs()
+    crit = DetectionCriterion.from_recipe(recipe, num_classes=3, reg_max=REG_MAX)
+    with pytest.raises(ValueError, match=message):
+        crit(cls_logits, box_preds, dist_logits, points, strides, _bad_targets(kind))
+
+
+@pytest.mark.parametrize("name", ["cls_logits", "box_preds"])
+def test_nan_predictions_raise(name):
+    inputs = list(make_inputs())
+    index = {"cls_logits": 0, "box_preds": 1}[name]
+    inputs[index] = inputs[index].detach().clone()
+    inputs[index][0, 3, 1] = float("nan")
+    crit = DetectionCriterion.from_recipe("ppyoloe", num_classes=3, reg_max=REG_MAX)
+    with pytest.raises(ValueError, match=f"{name} must be finite"):
+        crit(*inputs)

@@ -201,7 +201,7 @@ def test_assigner_warmup_follows_the_training_epoch(shapes):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             self.seen.append((trainer.current_epoch, type(pl_module.criterion.active_assigner).__name__))
 
-    criterion = {"recipe": "tood", "initial_assigner": {"type": "ATSSAssigner", "topk": 9}, "initial_epochs": 1}
+    criterion = {"recipe": "tood", "warmup_epochs": 1}
     model = OneStageDetector(5, criterion=criterion)
     recorder = AssignerRecorder()
     _trainer(max_epochs=2, limit_val_batches=0, callbacks=[recorder]).fit(model, datamodule=_datamodule(shapes))

@@ -8,8 +8,8 @@ from torch import nn
 from .._validation import check_floating
 from ..boxes import box_iou
 from ..registry import ASSIGNERS
-from .assign_result import (
-    AssignResult,
+from ._common import (
+    _best_gt_of_image,
     _build_result,
     _check_chunk_size,
     _check_inputs,
@@ -18,6 +18,9 @@ from .assign_result import (
     _resolve_claims,
     _topk_mask,
 )
+from .assign_result import AssignResult
+
+_RESOLVES = ("claimants", "all")
 
 __all__ = ["ATSSAssigner"]
 
@@ -35,10 +38,12 @@ class ATSSAssigner(nn.Module):
        lower anchor index), all levels together;
     2. threshold = mean + std (unbiased, 0 for a single candidate) of the candidates' IoU
        between anchor box and GT;
-    3. positive: candidates with IoU >= threshold whose centre lies strictly inside the GT
-       (every side > ``eps``);
-    4. an anchor positive for several GTs goes to the one with the highest anchor-box IoU
-       (ties: lowest GT index); every other anchor is background.
+    3. positive: candidates with IoU >= threshold whose centre lies inside the GT (every
+       side distance > ``inside_margin``: 0.01 in mmdetection, 1e-9 in PaddleDetection);
+    4. an anchor positive for several GTs goes to the GT with the highest anchor-box IoU —
+       among those GTs (``resolve="claimants"``, mmdetection) or among all valid GTs of the
+       image (``"all"``, PaddleDetection); ties: lowest GT index. Every other anchor is
+       background.
 
     The score target is the GFL quality: one-hot at the GT's class times the IoU of the
     anchor's *predicted* box with its GT (clamped at 0).
@@ -46,7 +51,8 @@ class ATSSAssigner(nn.Module):
     Args:
         topk: candidates per level and GT.
         octave_base_scale: anchor box side in units of the anchor's stride.
-        eps: inside-box margin.
+        inside_margin: side distance an anchor centre must exceed to be inside a GT.
+        resolve: ``"claimants"`` or ``"all"`` (step 4).
         chunk_size: GT rows processed at a time, or None for a default that keeps one
             (rows, A) temporary at 4M elements. The result does not depend on it.
 
@@ -58,7 +64,8 @@ class ATSSAssigner(nn.Module):
         self,
         topk: int = 9,
         octave_base_scale: float = 8.0,
-        eps: float = 1e-9,
+        inside_margin: float = 1e-9,
+        resolve: str = "claimants",
         chunk_size: int | None = None,
     ) -> None:
         super().__init__()
@@ -66,18 +73,18 @@ class ATSSAssigner(nn.Module):
             raise ValueError(f"topk must be a positive int, got {topk!r}")
         if octave_base_scale <= 0:
             raise ValueError(f"octave_base_scale must be > 0, got {octave_base_scale!r}")
+        if not inside_margin >= 0:
+            raise ValueError(f"inside_margin must be >= 0, got {inside_margin!r}")
+        if resolve not in _RESOLVES:
+            raise ValueError(f"resolve must be one of {_RESOLVES}, got {resolve!r}")
         _check_chunk_size(chunk_size)
-        self.topk, self.octave_base_scale, self.eps, self.chunk_size = (
-            topk,
-            octave_base_scale,
-            eps,
-            chunk_size,
-        )
+        self.topk, self.octave_base_scale = topk, octave_base_scale
+        self.inside_margin, self.resolve, self.chunk_size = inside_margin, resolve, chunk_size
 
     def extra_repr(self) -> str:
         return (
-            f"topk={self.topk}, octave_base_scale={self.octave_base_scale}, eps={self.eps}, "
-            f"chunk_size={self.chunk_size}"
+            f"topk={self.topk}, octave_base_scale={self.octave_base_scale}, "
+            f"inside_margin={self.inside_margin}, resolve={self.resolve!r}, chunk_size={self.chunk_size}"
         )
 
     @torch.no_grad()
@@ -113,6 +120,8 @@ class ATSSAssigner(nn.Module):
         gt_boxes_flat = gt_boxes.reshape(b * g, 4)
 
         valid = gt_mask.reshape(-1).nonzero().squeeze(1)  # (V,) flat GT rows b * G + g
+        if a == 0:  # no anchor: nothing to assign
+            valid = valid[:0]
         chunk = _default_chunk(a, self.chunk_size)
         claims = [
             self._claim(valid[i : i + chunk], g, a, points, anchor_boxes, levels, gt_boxes_flat)
@@ -124,8 +133,15 @@ class ATSSAssigner(nn.Module):
             slot = gt_flat = valid  # empty
             iou = pred_flat.new_zeros(0)
 
-        win = _resolve_claims(slot, gt_flat, iou, b * a)
-        slot, gt_flat = slot[win], gt_flat[win]
+        if self.resolve == "all":  # contested anchors go to the best anchor-box IoU of all GTs
+            contested = torch.bincount(slot, minlength=b * a) > 1
+            single = ~contested[slot]
+            won_slot = contested.nonzero().squeeze(1)
+            won_gt = _best_gt_of_image(anchor_boxes[won_slot % a], won_slot // a, gt_boxes, valid)
+            slot, gt_flat = torch.cat([slot[single], won_slot]), torch.cat([gt_flat[single], won_gt])
+        else:
+            win = _resolve_claims(slot, gt_flat, iou, b * a)
+            slot, gt_flat = slot[win], gt_flat[win]
         quality = box_iou(pred_flat[slot], gt_boxes_flat[gt_flat], aligned=True).clamp(min=0)
         return _build_result(slot, gt_flat, quality, gt_labels, gt_boxes, a, c)
 
@@ -155,7 +171,7 @@ class ATSSAssigner(nn.Module):
         iou64 = iou.double()
         correction = 1 if cand.shape[1] > 1 else 0
         threshold = iou64.mean(1, keepdim=True) + iou64.std(1, correction=correction, keepdim=True)
-        positive = (iou64 >= threshold) & _inside_mask(points[cand], boxes[:, None], self.eps)
+        positive = (iou64 >= threshold) & _inside_mask(points[cand], boxes[:, None], self.inside_margin)
         local, j = positive.nonzero(as_tuple=True)
         gt_flat = gt_rows[local]
         slot = torch.div(gt_flat, num_gt, rounding_mode="floor") * num_anchors + cand[local, j]

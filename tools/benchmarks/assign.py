@@ -1,7 +1,13 @@
-"""Task-aligned assigner: time and peak memory, ours vs a straightforward dense version.
+"""Task-aligned assigner: time and peak memory of each variant, ours vs a dense version.
 
     python tools/bench.py assign                       # B=4, A=8400 (640 px, strides 8/16/32), C=80
-    python tools/bench.py assign --num-gt 100 1000 --repeat 5 --threads 2
+    python tools/bench.py assign --num-gt 100 1000 --repeat 5 --threads 2 --variants tood yolov8
+
+Variants (``VARIANTS``): ``claimants`` (inside first, resolve among claimants: the
+DESIGN.md default), and the variants of the ``tood`` (top-k first, margin 0.01, eps 1e-7),
+``ppyoloe`` (resolve among all GTs of the image) and ``yolov8`` (CIoU, resolve among the
+GTs containing the anchor, GT sides grown to 16 px) recipes. The dense version is
+``tests/references.py``'s ``dense_task_aligned`` (the semantics on (B, G, A) tensors).
 
 Every (implementation, G) runs in a fresh subprocess: inputs are built, ``ru_maxrss`` is
 read, the assigner runs once, and ``peak_mb`` is the growth of ``ru_maxrss`` (the extra
@@ -27,74 +33,19 @@ import time
 import torch
 
 from detlosses.assigners import AssignResult, TaskAlignedAssigner
-from detlosses.assigners.assign_result import _topk_mask  # ties to the lower anchor, as ours
-from detlosses.boxes import box_iou
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+from tests.references import dense_task_aligned  # noqa: E402
 
 IMAGE_SIZE = 640
 STRIDES = (8, 16, 32)
-
-
-def dense_task_aligned(
-    pred_scores: torch.Tensor,
-    pred_bboxes: torch.Tensor,
-    anchor_points: torch.Tensor,
-    gt_labels: torch.Tensor,
-    gt_bboxes: torch.Tensor,
-    gt_mask: torch.Tensor,
-    topk: int = 13,
-    alpha: float = 1.0,
-    beta: float = 6.0,
-    eps: float = 1e-9,
-    iou_type: str = "iou",
-) -> AssignResult:
-    """The same semantics as TaskAlignedAssigner on dense (B, G, A) tensors (the usual way).
-
-    Inside-box test on (B, G, A, 4) side distances, overlaps and the metric on the masked
-    pairs, top-k over A, conflicts by argmax over G, normalisation on (B, G, A) — the
-    layout of the YOLOv8 / PP-YOLOE assigners.
-    """
-    b, a, c = pred_scores.shape
-    g = gt_labels.shape[1]
-    labels = torch.full((b, a), c, dtype=torch.long)
-    if g == 0:
-        return AssignResult(
-            labels,
-            torch.zeros(b, a, 4),
-            torch.zeros(b, a, c),
-            torch.zeros(b, a, dtype=torch.bool),
-            torch.zeros(b, a, dtype=torch.long),
-        )
-    lt = anchor_points[None, None] - gt_bboxes[:, :, None, :2]  # (B, G, A, 2)
-    rb = gt_bboxes[:, :, None, 2:] - anchor_points[None, None]
-    mask = (torch.cat([lt, rb], dim=-1).amin(-1) > eps) & gt_mask[..., None]  # (B, G, A)
-    del lt, rb
-    overlaps = torch.zeros(b, g, a)
-    pairs = box_iou(
-        pred_bboxes[:, None].expand(b, g, a, 4)[mask],
-        gt_bboxes[:, :, None].expand(b, g, a, 4)[mask],
-        mode=iou_type,
-        aligned=True,
-    )
-    if iou_type == "ciou":
-        pairs = pairs.clamp(min=0)
-    overlaps[mask] = pairs
-    cls = gt_labels.clamp(0, c - 1)[..., None].expand(b, g, a)
-    score = torch.gather(pred_scores.transpose(1, 2), 1, cls)  # (B, G, A)
-    metric = torch.zeros(b, g, a)
-    metric[mask] = (score[mask].double().pow(alpha) * pairs.double().pow(beta)).float()
-    claimed = _topk_mask(metric.view(b * g, a), min(topk, a), largest=True).view(b, g, a)
-    claimed &= metric > 0
-    winner = torch.where(claimed, overlaps, -1.0).argmax(1)  # (B, A), first max = lowest GT
-    fg = claimed.any(1)
-    won = torch.zeros_like(claimed).scatter_(1, winner[:, None], fg[:, None])  # (B, G, A)
-    metric *= won
-    max_metric = metric.amax(-1, keepdim=True)
-    max_overlap = (overlaps * won).amax(-1, keepdim=True)
-    quality = (metric * max_overlap / (max_metric + eps)).gather(1, winner[:, None])[:, 0]  # (B, A)
-    labels = torch.where(fg, gt_labels.gather(1, winner), c)
-    bboxes = torch.where(fg[..., None], gt_bboxes.gather(1, winner[..., None].expand(b, a, 4)), 0.0)
-    scores = torch.zeros(b, a, c + 1).scatter_(2, labels[..., None], quality[..., None])[..., :c]
-    return AssignResult(labels, bboxes, scores, fg, torch.where(fg, winner, 0))
+VARIANTS = {
+    "claimants": {},
+    "tood": {"order": "topk_first", "inside_margin": 0.01, "eps": 1e-7},
+    "ppyoloe": {"resolve": "all"},
+    "yolov8": {"topk": 10, "alpha": 0.5, "iou_type": "ciou", "resolve": "inside", "min_gt_size": 16.0},
+}
 
 
 def make_inputs(batch: int, num_gt: int, num_classes: int, seed: int = 0):
@@ -126,11 +77,16 @@ def _checksum(res: AssignResult) -> str:
     )
 
 
-def _worker(impl: str, batch: int, num_gt: int, num_classes: int, repeat: int, threads: int) -> dict:
+def _worker(impl: str, variant: str, batch: int, num_gt: int, num_classes: int, repeat: int, threads: int) -> dict:
     if threads:
         torch.set_num_threads(threads)
     inputs = make_inputs(batch, num_gt, num_classes)
-    fn = TaskAlignedAssigner() if impl == "ours" else dense_task_aligned
+    kwargs = VARIANTS[variant]
+    if impl == "ours":
+        fn = TaskAlignedAssigner(**kwargs)
+    else:
+        def fn(*args):
+            return dense_task_aligned(*args, **kwargs)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     with torch.no_grad():
         res = fn(*inputs)
@@ -149,6 +105,7 @@ def _worker(impl: str, batch: int, num_gt: int, num_classes: int, repeat: int, t
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-gt", type=int, nargs="+", default=[100, 1000, 5000])
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--num-classes", type=int, default=80)
     parser.add_argument("--repeat", type=int, default=3, help="timed calls after the first")
@@ -163,47 +120,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> list[dict]:
     rows = []
-    for num_gt in args.num_gt:
-        results = {}
-        for impl in ("ours", "dense"):
-            row = {
-                "impl": impl,
-                "B": args.batch,
-                "A": sum((IMAGE_SIZE // s) ** 2 for s in STRIDES),
-                "G": num_gt,
-                "C": args.num_classes,
-            }
-            if impl == "dense" and num_gt > args.dense_max_gt:
-                rows.append({**row, "time_s": None, "peak_mb": None, "match": "skipped (memory)"})
-                continue
-            cmd = [
-                sys.executable,
-                os.path.abspath(__file__),
-                "--worker",
-                impl,
-                str(args.batch),
-                str(num_gt),
-                str(args.num_classes),
-                str(args.repeat),
-                str(args.threads),
-            ]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            results[impl] = json.loads(out.strip().splitlines()[-1])
-            rows.append({**row, "time_s": results[impl]["time_s"], "peak_mb": results[impl]["peak_mb"]})
-        if len(results) == 2:
-            same = results["ours"]["checksum"] == results["dense"]["checksum"]
-            rows[-1]["match"] = rows[-2]["match"] = "yes" if same else "NO"
-            rows[-2]["time_vs_dense"] = results["ours"]["time_s"] / results["dense"]["time_s"]
-            rows[-2]["mem_vs_dense"] = results["ours"]["peak_mb"] / max(results["dense"]["peak_mb"], 1e-9)
+    for variant in args.variants:
+        for num_gt in args.num_gt:
+            rows += _compare(args, variant, num_gt)
+    return rows
+
+
+def _compare(args: argparse.Namespace, variant: str, num_gt: int) -> list[dict]:
+    """Rows of ours and the dense version for one variant and G."""
+    rows = []
+    results = {}
+    for impl in ("ours", "dense"):
+        row = {
+            "variant": variant,
+            "impl": impl,
+            "B": args.batch,
+            "A": sum((IMAGE_SIZE // s) ** 2 for s in STRIDES),
+            "G": num_gt,
+            "C": args.num_classes,
+        }
+        if impl == "dense" and num_gt > args.dense_max_gt:
+            rows.append({**row, "time_s": None, "peak_mb": None, "match": "skipped (memory)"})
+            continue
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            impl,
+            variant,
+            str(args.batch),
+            str(num_gt),
+            str(args.num_classes),
+            str(args.repeat),
+            str(args.threads),
+        ]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        results[impl] = json.loads(out.strip().splitlines()[-1])
+        rows.append({**row, "time_s": results[impl]["time_s"], "peak_mb": results[impl]["peak_mb"]})
+    if len(results) == 2:
+        same = results["ours"]["checksum"] == results["dense"]["checksum"]
+        rows[-1]["match"] = rows[-2]["match"] = "yes" if same else "NO"
+        rows[-2]["time_vs_dense"] = results["ours"]["time_s"] / results["dense"]["time_s"]
+        rows[-2]["mem_vs_dense"] = results["ours"]["peak_mb"] / max(results["dense"]["peak_mb"], 1e-9)
     return rows
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 8 and sys.argv[1] == "--worker":
-        impl, *numbers = sys.argv[2:]
-        print(json.dumps(_worker(impl, *(int(x) for x in numbers))))
+    if len(sys.argv) == 9 and sys.argv[1] == "--worker":
+        impl, variant, *numbers = sys.argv[2:]
+        print(json.dumps(_worker(impl, variant, *(int(x) for x in numbers))))
     else:
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
         from tools.bench import format_table
 
         parser = argparse.ArgumentParser(description=__doc__)
