@@ -37,8 +37,9 @@ __all__ = ["NMS_METHODS", "Detections", "MultiClassNMS", "NMSSettings", "multicl
 
 NMS_METHODS = ("hard", "soft", "diou")
 _INT64_MAX = 2**63 - 1
-# Candidate pairs whose overlap is computed at once (bounds the memory of the pair kernel).
-_PAIR_CHUNK = 1 << 21
+# Candidate pairs whose overlap is computed at once: bounds the memory of the pair kernel and
+# keeps its temporaries in cache.
+_PAIR_CHUNK = 1 << 17
 # A group whose boxes have more than this many window partners each, on average, goes to
 # torchvision's kernel instead (it skips suppressed boxes, which pays off in heavy clusters).
 _PAIRS_PER_BOX_FOR_TORCHVISION = 48
@@ -174,27 +175,38 @@ def _candidates(
     pair outside them can be among the image's top k). The search runs on the float32 bit
     patterns as int32, which order like the floats for scores >= 0 and reduce faster; a
     negative score has a negative pattern and stays below any threshold >= 0. Single-label
-    ties go to the lowest class index (``torch.max`` returns the first on CPU).
+    ties go to the lowest class index.
     """
-    num_images, num_anchors, _ = scores.shape
+    num_images, num_anchors, num_classes = scores.shape
     bits = scores.view(torch.int32)
     thr = _float_bits(score_thr)
-    if multi_label:
-        best = bits.amax(-1)  # (B, A)
-    else:
-        best, best_label = scores.max(-1)  # (B, A) each
-        best = best.view(torch.int32)
+    best = bits.amax(-1)  # (B, A)
     is_cand = best > thr  # (B, A)
-    if num_anchors > pre_nms_topk:
+    if num_anchors > pre_nms_topk and int(is_cand.sum(1).max()) > pre_nms_topk:
         kth = best.topk(pre_nms_topk, dim=1, sorted=False).values.amin(1, keepdim=True)  # (B, 1)
         is_cand &= best >= kth
     img, anchor = is_cand.nonzero(as_tuple=True)  # (Na,) each, image-major
     if multi_label:
-        rows = bits[img, anchor]  # (Na, C)
-        row, label = (rows > thr).nonzero(as_tuple=True)  # (N,) each
-        img, anchor, score = img[row], anchor[row], rows[row, label]
+        if img.numel() < is_cand.numel():  # gather the candidate anchors' rows, image-padded
+            counts = torch.bincount(img, minlength=num_images)
+            slots = int(counts.max()) if img.numel() else 0
+            slot = torch.arange(img.numel(), device=img.device) - (counts.cumsum(0) - counts)[img]
+            anchor_of = anchor.new_zeros(num_images, slots)
+            anchor_of[img, slot] = anchor
+            rows = bits.new_full((num_images, slots, num_classes), torch.iinfo(torch.int32).min)
+            rows[img, slot] = bits[img, anchor]  # (B, S, C)
+        else:
+            anchor_of, rows = torch.arange(num_anchors, device=img.device).expand(num_images, -1), bits
+        flat = rows.reshape(num_images, -1)  # (B, S * C)
+        is_pair = flat > thr
+        if flat.shape[1] > pre_nms_topk and int(is_pair.sum(1).max()) > pre_nms_topk:
+            # ties at the k-th score all pass; _top_per_image cuts them by position
+            is_pair &= flat >= flat.topk(pre_nms_topk, dim=1, sorted=False).values.amin(1, keepdim=True)
+        img, pair = is_pair.nonzero(as_tuple=True)  # (N,) each, by image, then position
+        score = flat[img, pair]
+        anchor, label = anchor_of[img, pair // num_classes], pair % num_classes
     else:
-        score, label = best[img, anchor], best_label[img, anchor]
+        score, label = best[img, anchor], bits[img, anchor].argmax(1)  # argmax: the first class holding the max
     score = score.view(torch.float32)
     top = _top_per_image(img, score, pre_nms_topk, num_images)
     return img[top], img[top] * num_anchors + anchor[top], label[top], score[top]
@@ -206,14 +218,13 @@ def _float_bits(value: float) -> int:
 
 
 def _check_finite(boxes: torch.Tensor, scores: torch.Tensor) -> None:
-    """NaN (either sign bit) or +-inf in either input: a ValueError naming it; one host sync."""
-    named = [(name, t) for name, t in (("boxes", boxes), ("scores", scores)) if t.numel()]
-    if not named:
-        return
-    ends = torch.stack([v for _, t in named for v in torch.aminmax(t)])  # NaN propagates
-    finite = torch.isfinite(ends).view(-1, 2).all(1).tolist()
-    for (name, _), ok in zip(named, finite, strict=True):
-        if not ok:
+    """NaN (either sign bit) or +-inf in either input: a ValueError naming it. One reduction
+    each (a sum: finite iff every element is, unless it overflows, which the exact check
+    after it tells apart) and one host sync."""
+    names = ("boxes", "scores")
+    sums = torch.stack([boxes.sum(dtype=torch.float32), scores.sum(dtype=torch.float32)])
+    for name, tensor, ok in zip(names, (boxes, scores), torch.isfinite(sums).tolist(), strict=True):
+        if not ok and not torch.isfinite(tensor).all():
             raise ValueError(f"{name} must be finite: found NaN or +-inf")
 
 
@@ -225,25 +236,31 @@ def _float32_below(value: float) -> float:
     return f.item()
 
 
-def _pair_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of aligned (P, 4) boxes with the operations of torchvision's CPU NMS kernel, in
-    the same order, so every value is bit-identical to the one the kernel compares."""
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    lt, rb = torch.maximum(a[:, :2], b[:, :2]), torch.minimum(a[:, 2:], b[:, 2:])
-    wh = (rb - lt).clamp_(min=0)
-    inter = wh[:, 0] * wh[:, 1]
-    return inter / (area_a + area_b - inter)
+def _pair_iou(cols: tuple[torch.Tensor, ...], p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """IoU of the box pairs (p, q) (indices (P,) into the (N,) columns x1, y1, x2, y2, area)
+    with the operations of torchvision's CPU NMS kernel in the same order, so every value is
+    bit-identical to the one the kernel compares."""
+    x1, y1, x2, y2, area = cols
+    w = (torch.minimum(x2[p], x2[q]) - torch.maximum(x1[p], x1[q])).clamp_(min=0)
+    h = (torch.minimum(y2[p], y2[q]) - torch.maximum(y1[p], y1[q])).clamp_(min=0)
+    inter = w.mul_(h)
+    return inter.div_(area[p] + area[q] - inter)
+
+
+def _pair_diou(cols: tuple[torch.Tensor, ...], p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """DIoU of the box pairs (p, q), by :func:`detlosses.boxes.box_iou`."""
+    box_p, box_q = (torch.stack([c[i] for c in cols[:4]], 1) for i in (p, q))
+    return box_iou(box_p, box_q, mode="diou", aligned=True)
 
 
 def _suppression_edges(
     boxes: torch.Tensor,
     groups: torch.Tensor,
     iou_thr: float,
-    suppresses: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    overlap: Callable[[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor], torch.Tensor],
     torchvision_for_clusters: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every pair (p, q) of boxes of the same group with ``suppresses(box_p, box_q)``, as
+    """Every pair (p, q) of boxes of the same group with ``overlap(...) > iou_thr``, as
     index tensors (E,), and the groups left to torchvision's kernel (bool (num groups,)).
 
     Only pairs that can overlap by more than ``iou_thr`` are looked at: IoU > t needs an
@@ -255,7 +272,7 @@ def _suppression_edges(
     keys = groups << 32 | _ordered_bits(boxes[:, 0])
     by_x = keys.argsort()  # (N,) by group, then x1
     keys = keys[by_x]
-    grp, bx = groups[by_x], boxes[by_x]
+    grp, bx = groups[by_x], boxes[by_x].contiguous()
     x1s, x2s = bx[:, 0], bx[:, 2]
     bound = x2s - (0.999 * iou_thr) * (x2s - x1s) + 1e-5 * (x1s.abs() + x2s.abs())
     end = torch.searchsorted(keys, grp << 32 | _ordered_bits(bound), right=True)  # (N,)
@@ -267,17 +284,19 @@ def _suppression_edges(
     to_torchvision = group_pairs > _PAIRS_PER_BOX_FOR_TORCHVISION * group_size
     to_torchvision &= torchvision_for_clusters
     count = count.masked_fill_(to_torchvision[grp], 0)
+    x1, y1, x2, y2 = bx.unbind(1)
+    cols = (x1, y1, x2, y2, (x2 - x1) * (y2 - y1))  # contiguous (N,) columns, areas as the kernel's
     src, dst = [], []
     bounds = torch.cumsum(count, 0)
     total = int(bounds[-1]) if num else 0
     start, done = 0, 0
-    while done < total:  # chunks of whole boxes with about _PAIR_CHUNK pairs each
+    while done < total:  # chunks of whole boxes with about _PAIR_CHUNK pairs each (cache-sized)
         stop = int(torch.searchsorted(bounds, done + _PAIR_CHUNK, right=True).clamp(min=start + 1, max=num))
         c = count[start:stop]
         p = torch.repeat_interleave(pos[start:stop], c)  # (P,)
-        first = torch.repeat_interleave(torch.cumsum(c, 0) - c, c)
-        q = p + 1 + torch.arange(p.numel(), device=p.device) - first
-        hit = suppresses(bx[p], bx[q])
+        step = torch.repeat_interleave(pos[start:stop] + 1 - (c.cumsum(0) - c), c)
+        q = torch.arange(p.numel(), device=p.device) + step  # p + 1, p + 2, ... per box
+        hit = overlap(cols, p, q) > iou_thr
         src.append(by_x[p[hit]])
         dst.append(by_x[q[hit]])
         done = int(bounds[stop - 1])
@@ -290,7 +309,7 @@ def _greedy_nms(
     boxes: torch.Tensor,
     groups: torch.Tensor,
     iou_thr: float,
-    suppresses: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    overlap: Callable[[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor], torch.Tensor],
     torchvision_for_clusters: bool,
 ) -> torch.Tensor:
     """Greedy NMS within groups; boxes are in priority order (a box outranks every later box
@@ -305,7 +324,7 @@ def _greedy_nms(
     keep = torch.ones(groups.numel(), dtype=torch.bool, device=boxes.device)
     if not groups.numel():
         return keep
-    p, q, to_torchvision = _suppression_edges(boxes, groups, iou_thr, suppresses, torchvision_for_clusters)
+    p, q, to_torchvision = _suppression_edges(boxes, groups, iou_thr, overlap, torchvision_for_clusters)
     src, dst = torch.minimum(p, q), torch.maximum(p, q)  # the earlier box suppresses the later
     while src.numel():
         suppressed = torch.zeros_like(keep)
@@ -429,19 +448,11 @@ def multiclass_nms(
         keep = keep[_score_key(img[keep], final[keep]).argsort(stable=True)]
         score = final
     else:
-        if cfg.method == "hard":
-            thr = _float32_below(cfg.iou_thr)  # the kernel compares float32 IoU > double thr
-
-            def suppresses(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-                return _pair_iou(a, b) > thr
-        else:
-
-            def suppresses(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-                return box_iou(a, b, mode="diou", aligned=True) > cfg.iou_thr
-
+        # torchvision compares the float32 IoU with the threshold as a double
+        overlap, thr = (_pair_iou, _float32_below(cfg.iou_thr)) if cfg.method == "hard" else (_pair_diou, cfg.iou_thr)
         # priority within a group: score (descending), then position — the candidates' order
         prio = _score_key(groups, score).argsort(stable=True)
-        kept = _greedy_nms(cand_boxes[prio], groups[prio], cfg.iou_thr, suppresses, cfg.method == "hard")
+        kept = _greedy_nms(cand_boxes[prio], groups[prio], thr, overlap, cfg.method == "hard")
         is_kept = torch.zeros_like(kept).index_put_((prio,), kept)
         keep = is_kept.nonzero().squeeze(1)  # still by image, score, position
     keep = keep[_first_per_image(img[keep], cfg.max_det, num_images)]
