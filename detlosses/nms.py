@@ -22,7 +22,6 @@ import dataclasses
 import math
 import numbers
 import operator
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -37,8 +36,8 @@ __all__ = ["NMS_METHODS", "Detections", "MultiClassNMS", "NMSSettings", "multicl
 
 NMS_METHODS = ("hard", "soft", "diou")
 _INT64_MAX = 2**63 - 1
-# Candidate pairs whose overlap is computed at once: bounds the memory of the pair kernel and
-# keeps its temporaries in cache.
+# Box pairs whose overlap is computed at once: bounds the memory of the pair kernel and keeps
+# its temporaries in cache.
 _PAIR_CHUNK = 1 << 17
 # A group whose boxes have more than this many window partners each, on average, goes to
 # torchvision's kernel instead (it skips suppressed boxes, which pays off in heavy clusters).
@@ -182,34 +181,33 @@ def _candidates(
     thr = _float_bits(score_thr)
     best = bits.amax(-1)  # (B, A)
     is_cand = best > thr  # (B, A)
-    if num_anchors > pre_nms_topk and int(is_cand.sum(1).max()) > pre_nms_topk:
+    anchor_cut = num_anchors > pre_nms_topk and int(torch.count_nonzero(is_cand, 1).max()) > pre_nms_topk
+    if anchor_cut:
         kth = best.topk(pre_nms_topk, dim=1, sorted=False).values.amin(1, keepdim=True)  # (B, 1)
         is_cand &= best >= kth
-    img, anchor = is_cand.nonzero(as_tuple=True)  # (Na,) each, image-major
-    if multi_label:
-        if img.numel() < is_cand.numel():  # gather the candidate anchors' rows, image-padded
-            counts = torch.bincount(img, minlength=num_images)
-            slots = int(counts.max()) if img.numel() else 0
-            slot = torch.arange(img.numel(), device=img.device) - (counts.cumsum(0) - counts)[img]
-            anchor_of = anchor.new_zeros(num_images, slots)
-            anchor_of[img, slot] = anchor
-            rows = bits.new_full((num_images, slots, num_classes), torch.iinfo(torch.int32).min)
-            rows[img, slot] = bits[img, anchor]  # (B, S, C)
-        else:
-            anchor_of, rows = torch.arange(num_anchors, device=img.device).expand(num_images, -1), bits
-        flat = rows.reshape(num_images, -1)  # (B, S * C)
-        is_pair = flat > thr
-        if flat.shape[1] > pre_nms_topk and int(is_pair.sum(1).max()) > pre_nms_topk:
-            # ties at the k-th score all pass; _top_per_image cuts them by position
-            is_pair &= flat >= flat.topk(pre_nms_topk, dim=1, sorted=False).values.amin(1, keepdim=True)
-        img, pair = is_pair.nonzero(as_tuple=True)  # (N,) each, by image, then position
-        score = flat[img, pair]
-        anchor, label = anchor_of[img, pair // num_classes], pair % num_classes
-    else:
-        score, label = best[img, anchor], bits[img, anchor].argmax(1)  # argmax: the first class holding the max
-    score = score.view(torch.float32)
+    if not multi_label:
+        img, anchor = is_cand.nonzero(as_tuple=True)  # (Na,) each, image-major
+        score, label = best[img, anchor].view(torch.float32), bits[img, anchor].argmax(1)  # the first max
+        top = _top_per_image(img, score, pre_nms_topk, num_images)
+        return img[top], img[top] * num_anchors + anchor[top], label[top], score[top]
+
+    if anchor_cut:  # gather the rows of the (about k per image) kept anchors, image-padded
+        img, anchor = is_cand.nonzero(as_tuple=True)  # (Na,) each, image-major
+        counts = torch.bincount(img, minlength=num_images)
+        slot = torch.arange(img.numel(), device=img.device) - (counts.cumsum(0) - counts)[img]
+        anchor_of = anchor.new_zeros(num_images, int(counts.max()))
+        anchor_of[img, slot] = anchor
+        rows = bits.new_full((*anchor_of.shape, num_classes), torch.iinfo(torch.int32).min)
+        rows[img, slot] = bits[img, anchor]  # (B, S, C)
+    else:  # every anchor (one below the threshold has no pair above it)
+        anchor_of, rows = None, bits
+    flat = rows.reshape(num_images, -1)  # (B, S * C)
+    index = (flat > thr).view(-1).nonzero().squeeze(1)  # (N,) into flat, by image, then position
+    img, score = index // flat.shape[1], flat.view(-1)[index].view(torch.float32)
     top = _top_per_image(img, score, pre_nms_topk, num_images)
-    return img[top], img[top] * num_anchors + anchor[top], label[top], score[top]
+    img, pair, score = img[top], index[top] % flat.shape[1], score[top]
+    anchor = pair // num_classes if anchor_of is None else anchor_of[img, pair // num_classes]
+    return img, img * num_anchors + anchor, pair % num_classes, score
 
 
 def _float_bits(value: float) -> int:
@@ -236,43 +234,41 @@ def _float32_below(value: float) -> float:
     return f.item()
 
 
-def _pair_iou(cols: tuple[torch.Tensor, ...], p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """IoU of the box pairs (p, q) (indices (P,) into the (N,) columns x1, y1, x2, y2, area)
-    with the operations of torchvision's CPU NMS kernel in the same order, so every value is
-    bit-identical to the one the kernel compares."""
-    x1, y1, x2, y2, area = cols
-    w = (torch.minimum(x2[p], x2[q]) - torch.maximum(x1[p], x1[q])).clamp_(min=0)
-    h = (torch.minimum(y2[p], y2[q]) - torch.maximum(y1[p], y1[q])).clamp_(min=0)
+def _window_iou(cols: list[torch.Tensor], p: torch.Tensor, width: int) -> torch.Tensor:
+    """(P, width) IoU of each box p with boxes p + 1 .. p + width of the (padded) columns
+    x1, y1, x2, y2, area, with the operations of torchvision's CPU NMS kernel in its order,
+    so every value is bit-identical to the one the kernel compares."""
+    (x1p, y1p, x2p, y2p, area_p), (x1q, y1q, x2q, y2q, area_q) = (
+        [c[p, None] for c in cols],
+        [c.unfold(0, width, 1).index_select(0, p + 1) for c in cols],  # runs of `width`
+    )
+    w = (torch.minimum(x2p, x2q) - torch.maximum(x1p, x1q)).clamp_(min=0)
+    h = (torch.minimum(y2p, y2q) - torch.maximum(y1p, y1q)).clamp_(min=0)
     inter = w.mul_(h)
-    return inter.div_(area[p] + area[q] - inter)
-
-
-def _pair_diou(cols: tuple[torch.Tensor, ...], p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """DIoU of the box pairs (p, q), by :func:`detlosses.boxes.box_iou`."""
-    box_p, box_q = (torch.stack([c[i] for c in cols[:4]], 1) for i in (p, q))
-    return box_iou(box_p, box_q, mode="diou", aligned=True)
+    return inter.div_((area_p + area_q).sub_(inter))
 
 
 def _suppression_edges(
-    boxes: torch.Tensor,
-    groups: torch.Tensor,
-    iou_thr: float,
-    overlap: Callable[[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor], torch.Tensor],
-    torchvision_for_clusters: bool,
+    boxes: torch.Tensor, groups: torch.Tensor, iou_thr: float, diou: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every pair (p, q) of boxes of the same group with ``overlap(...) > iou_thr``, as
-    index tensors (E,), and the groups left to torchvision's kernel (bool (num groups,)).
+    """Every pair (p, q), p < q, of boxes of the same group whose IoU (DIoU if ``diou``)
+    is > ``iou_thr``, as index tensors (E,), and the groups left to torchvision's kernel
+    (bool (num groups,); never for DIoU).
 
     Only pairs that can overlap by more than ``iou_thr`` are looked at: IoU > t needs an
     x-overlap > t * max(w_p, w_q), so with the group's boxes sorted by x1 the partners of p
-    are the later boxes with x1 < x2_p - t * w_p (found by one ``searchsorted``; the bound
-    is loosened by a margin that covers float rounding, the exact test decides).
+    are the next boxes with x1 < x2_p - t * w_p (counted by one ``searchsorted``; the bound
+    is loosened by a margin that covers float rounding, the exact test decides). Their IoUs
+    are computed for boxes with similar numbers of partners together, each against its next
+(group's most) partners, read as strided windows of the x-sorted columns. DIoU <= IoU
+    (box_iou's, up to rounding), so DIoU pairs are the IoU pairs above t - 1e-5 that pass
+    box_iou's DIoU test.
     """
     num = groups.numel()
     keys = groups << 32 | _ordered_bits(boxes[:, 0])
     by_x = keys.argsort()  # (N,) by group, then x1
     keys = keys[by_x]
-    grp, bx = groups[by_x], boxes[by_x].contiguous()
+    grp, bx = groups[by_x], boxes[by_x]
     x1s, x2s = bx[:, 0], bx[:, 2]
     bound = x2s - (0.999 * iou_thr) * (x2s - x1s) + 1e-5 * (x1s.abs() + x2s.abs())
     end = torch.searchsorted(keys, grp << 32 | _ordered_bits(bound), right=True)  # (N,)
@@ -282,35 +278,40 @@ def _suppression_edges(
     group_pairs = torch.zeros(num_groups, dtype=torch.long, device=boxes.device).index_add_(0, grp, count)
     group_size = torch.bincount(groups, minlength=num_groups)
     to_torchvision = group_pairs > _PAIRS_PER_BOX_FOR_TORCHVISION * group_size
-    to_torchvision &= torchvision_for_clusters
+    to_torchvision &= not diou
     count = count.masked_fill_(to_torchvision[grp], 0)
-    x1, y1, x2, y2 = bx.unbind(1)
-    cols = (x1, y1, x2, y2, (x2 - x1) * (y2 - y1))  # contiguous (N,) columns, areas as the kernel's
+
+    # boxes with 2**(k-1) < partners <= 2**k share a window of width 2**k: at most twice the work
+    width_class = torch.frexp(count.float()).exponent  # (N,) k, 0 for no partners
+    pad = bx.new_zeros(int(count.max()) + 1 if num else 1, 4)
+    x1, y1, x2, y2 = torch.cat([bx, pad]).unbind(1)
+    cols = [x1, y1, x2, y2, (x2 - x1) * (y2 - y1)]  # (N + pad,) contiguous; areas as the kernel's
+    thr = iou_thr - 1e-5 if diou else iou_thr
     src, dst = [], []
-    bounds = torch.cumsum(count, 0)
-    total = int(bounds[-1]) if num else 0
-    start, done = 0, 0
-    while done < total:  # chunks of whole boxes with about _PAIR_CHUNK pairs each (cache-sized)
-        stop = int(torch.searchsorted(bounds, done + _PAIR_CHUNK, right=True).clamp(min=start + 1, max=num))
-        c = count[start:stop]
-        p = torch.repeat_interleave(pos[start:stop], c)  # (P,)
-        step = torch.repeat_interleave(pos[start:stop] + 1 - (c.cumsum(0) - c), c)
-        q = torch.arange(p.numel(), device=p.device) + step  # p + 1, p + 2, ... per box
-        hit = overlap(cols, p, q) > iou_thr
-        src.append(by_x[p[hit]])
-        dst.append(by_x[q[hit]])
-        done = int(bounds[stop - 1])
-        start = stop
+    for k in width_class.unique().tolist():
+        if k == 0:
+            continue
+        width = 1 << k
+        members = (width_class == k).nonzero().squeeze(1)
+        for p in members.split(max(1, _PAIR_CHUNK // width)):
+            hit = _window_iou(cols, p, width) > thr  # (P, width)
+            hit &= torch.arange(width, device=hit.device) < count[p, None]
+            row, step = hit.nonzero(as_tuple=True)
+            src.append(p[row])
+            dst.append(p[row] + 1 + step)
     empty = torch.zeros(0, dtype=torch.long, device=boxes.device)
-    return torch.cat(src) if src else empty, torch.cat(dst) if dst else empty, to_torchvision
+    p, q = (torch.cat(src), torch.cat(dst)) if src else (empty, empty)
+    if diou:
+        hit = box_iou(bx[p], bx[q], mode="diou", aligned=True) > iou_thr
+        p, q = p[hit], q[hit]
+    return by_x[p], by_x[q], to_torchvision
 
 
 def _greedy_nms(
     boxes: torch.Tensor,
     groups: torch.Tensor,
     iou_thr: float,
-    overlap: Callable[[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor], torch.Tensor],
-    torchvision_for_clusters: bool,
+    diou: bool,
 ) -> torch.Tensor:
     """Greedy NMS within groups; boxes are in priority order (a box outranks every later box
     of its group). Returns the kept mask (N,).
@@ -324,7 +325,7 @@ def _greedy_nms(
     keep = torch.ones(groups.numel(), dtype=torch.bool, device=boxes.device)
     if not groups.numel():
         return keep
-    p, q, to_torchvision = _suppression_edges(boxes, groups, iou_thr, overlap, torchvision_for_clusters)
+    p, q, to_torchvision = _suppression_edges(boxes, groups, iou_thr, diou)
     src, dst = torch.minimum(p, q), torch.maximum(p, q)  # the earlier box suppresses the later
     while src.numel():
         suppressed = torch.zeros_like(keep)
@@ -449,10 +450,10 @@ def multiclass_nms(
         score = final
     else:
         # torchvision compares the float32 IoU with the threshold as a double
-        overlap, thr = (_pair_iou, _float32_below(cfg.iou_thr)) if cfg.method == "hard" else (_pair_diou, cfg.iou_thr)
+        thr = _float32_below(cfg.iou_thr) if cfg.method == "hard" else cfg.iou_thr
         # priority within a group: score (descending), then position — the candidates' order
         prio = _score_key(groups, score).argsort(stable=True)
-        kept = _greedy_nms(cand_boxes[prio], groups[prio], thr, overlap, cfg.method == "hard")
+        kept = _greedy_nms(cand_boxes[prio], groups[prio], thr, cfg.method == "diou")
         is_kept = torch.zeros_like(kept).index_put_((prio,), kept)
         keep = is_kept.nonzero().squeeze(1)  # still by image, score, position
     keep = keep[_first_per_image(img[keep], cfg.max_det, num_images)]
