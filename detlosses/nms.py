@@ -249,11 +249,11 @@ def _window_iou(cols: list[torch.Tensor], p: torch.Tensor, width: int) -> torch.
 
 
 def _suppression_edges(
-    boxes: torch.Tensor, groups: torch.Tensor, iou_thr: float, diou: bool
+    boxes: torch.Tensor, groups: torch.Tensor, iou_thr: float, diou: bool = False, keep_all_groups: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every pair (p, q), p < q, of boxes of the same group whose IoU (DIoU if ``diou``)
     is > ``iou_thr``, as index tensors (E,), and the groups left to torchvision's kernel
-    (bool (num groups,); never for DIoU).
+    (bool (num groups,); none for DIoU or with ``keep_all_groups``).
 
     Only pairs that can overlap by more than ``iou_thr`` are looked at: IoU > t needs an
     x-overlap > t * max(w_p, w_q), so with the group's boxes sorted by x1 the partners of p
@@ -278,7 +278,7 @@ def _suppression_edges(
     group_pairs = torch.zeros(num_groups, dtype=torch.long, device=boxes.device).index_add_(0, grp, count)
     group_size = torch.bincount(groups, minlength=num_groups)
     to_torchvision = group_pairs > _PAIRS_PER_BOX_FOR_TORCHVISION * group_size
-    to_torchvision &= not diou
+    to_torchvision &= not (diou or keep_all_groups)
     count = count.masked_fill_(to_torchvision[grp], 0)
 
     # boxes with 2**(k-1) < partners <= 2**k share a window of width 2**k: at most twice the work
@@ -344,39 +344,41 @@ def _greedy_nms(
     return keep
 
 
-def _sequential_nms(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    groups: torch.Tensor,
-    num_groups: int,
-    sigma: float,
-    score_thr: float,
+def _soft_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, sigma: float, score_thr: float
 ) -> torch.Tensor:
-    """Gaussian soft-NMS run in every group at once; the score of each box when selected.
+    """Gaussian soft-NMS within groups; the score of each box when selected, (N,), -inf for
+    boxes that fell to ``score_thr`` or below first.
 
-    Each step picks the highest-scoring remaining box of every group (ties: lowest index),
-    records its current score, and decays the other remaining boxes of its group,
-    s_j <- s_j * exp(-IoU(M, b_j)^2 / sigma); boxes at or below ``score_thr`` leave. Steps =
-    the largest number of selections in a group, each a handful of (N,) operations.
-    Returns (N,) with -inf for boxes never selected.
+    Greedy soft-NMS selects the highest-scoring remaining box of a group, then decays every
+    other remaining box, s_j <- s_j * exp(-IoU(M, b_j)^2 / sigma). Only overlapping boxes
+    (IoU > 0) decay each other, and scores only fall, so a remaining box that outscores all
+    its remaining overlapping boxes (ties: the lower index) is selected before any of them,
+    at its current score, whatever happens elsewhere in the group. Each round therefore
+    selects every such box at once and applies their decays: the same selections and scores
+    as the one-box-a-step loop, in as many rounds as the longest chain of overlaps (a box
+    decayed by several boxes of one round gets exp of the summed exponents: equal up to
+    float rounding).
     """
-    selected = torch.full_like(scores, -math.inf)
-    idx = torch.arange(scores.numel(), device=scores.device)  # remaining candidates
-    while idx.numel():
-        pos = torch.arange(idx.numel(), device=idx.device)
-        best = scores.new_full((num_groups,), -math.inf).scatter_reduce(0, groups, scores, "amax")
-        is_best = scores == best[groups]
-        first = pos.new_full((num_groups,), idx.numel()).scatter_reduce(
-            0, groups, torch.where(is_best, pos, idx.numel()), "amin"
-        )
-        pick = first[groups]  # (M,) position of the box selected in each box's group
-        chosen = pos == pick
-        selected[idx[chosen]] = scores[chosen]
-        iou = box_iou(boxes, boxes[pick], aligned=True)  # (M,)
-        scores = scores * torch.exp(-iou.square() / sigma)
-        stay = (scores > score_thr) & ~chosen
-        idx, boxes, scores, groups = idx[stay], boxes[stay], scores[stay], groups[stay]
-    return selected
+    final = torch.full_like(scores, -math.inf)
+    if not scores.numel():
+        return final
+    p, q, _ = _suppression_edges(boxes, groups, 0.0, keep_all_groups=True)  # pairs with IoU > 0
+    log_decay = -box_iou(boxes[p], boxes[q], aligned=True).square() / sigma  # (E,)
+    a, b, log_decay = torch.cat([p, q]), torch.cat([q, p]), torch.cat([log_decay, log_decay])  # both ways
+    alive = scores > score_thr
+    while alive.any():
+        live = alive[a] & alive[b]
+        a, b, log_decay = a[live], b[live], log_decay[live]
+        beats = (scores[a] > scores[b]) | ((scores[a] == scores[b]) & (a < b))  # a is selected first
+        beaten = torch.zeros_like(alive).index_fill_(0, b[beats], True)
+        selected = alive & ~beaten
+        final = torch.where(selected, scores, final)
+        alive &= ~selected
+        hit = selected[a]  # a selected, b still remaining
+        scores = scores * torch.zeros_like(scores).index_add_(0, b[hit], log_decay[hit]).exp()
+        alive &= scores > score_thr
+    return final
 
 
 def multiclass_nms(
@@ -443,8 +445,7 @@ def multiclass_nms(
     groups = img if cfg.class_agnostic else img * num_classes + label
 
     if cfg.method == "soft":
-        num_groups = num_images * (1 if cfg.class_agnostic else num_classes)
-        final = _sequential_nms(cand_boxes, score, groups, num_groups, cfg.sigma, cfg.score_thr)
+        final = _soft_nms(cand_boxes, score, groups, cfg.sigma, cfg.score_thr)
         keep = (final > cfg.score_thr).nonzero().squeeze(1)
         keep = keep[_score_key(img[keep], final[keep]).argsort(stable=True)]
         score = final

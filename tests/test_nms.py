@@ -298,6 +298,15 @@ def test_soft_equals_reference_loop(case, sigma):
     assert any(len(d.scores) for d in ours)
 
 
+def test_soft_with_long_overlap_chains_equals_reference_loop():
+    # 250 boxes in a 100 x 100 px field, two classes: long chains of decays within a group
+    boxes, scores = random_batch(21, B=1, A=250, C=2)
+    args = (0.01, 0.5, 500, 500, True, False)
+    ours = multiclass_nms(boxes, scores, *args, method="soft", sigma=0.5)
+    assert_same(ours, reference(boxes, scores, "soft", *args, sigma=0.5), rtol=1e-5)
+    assert len(ours[0].scores) > 300
+
+
 @pytest.mark.parametrize("case", GREEDY_CASES)
 def test_diou_equals_reference_loop(case):
     score_thr, iou_thr, max_det, pre_nms_topk, multi_label, class_agnostic = case
