@@ -187,7 +187,11 @@ def _candidates(
         is_cand &= best >= kth
     if not multi_label:
         img, anchor = is_cand.nonzero(as_tuple=True)  # (Na,) each, image-major
-        score, label = best[img, anchor].view(torch.float32), bits[img, anchor].argmax(1)  # the first max
+        if 4 * img.numel() > is_cand.numel():  # most anchors (epoch 1): one pass, no gather
+            label = scores.max(-1).indices[img, anchor]  # the first class holding the max
+        else:
+            label = bits[img, anchor].argmax(1)
+        score = best[img, anchor].view(torch.float32)
         top = _top_per_image(img, score, pre_nms_topk, num_images)
         return img[top], img[top] * num_anchors + anchor[top], label[top], score[top]
 
