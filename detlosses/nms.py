@@ -195,15 +195,15 @@ def _candidates(
         top = _top_per_image(img, score, pre_nms_topk, num_images)
         return img[top], img[top] * num_anchors + anchor[top], label[top], score[top]
 
-    if anchor_cut:  # gather the rows of the (about k per image) kept anchors, image-padded
-        img, anchor = is_cand.nonzero(as_tuple=True)  # (Na,) each, image-major
+    img, anchor = is_cand.nonzero(as_tuple=True)  # (Na,) each, image-major
+    if 2 * img.numel() < is_cand.numel():  # gather the rows of the candidate anchors, image-padded
         counts = torch.bincount(img, minlength=num_images)
         slot = torch.arange(img.numel(), device=img.device) - (counts.cumsum(0) - counts)[img]
         anchor_of = anchor.new_zeros(num_images, int(counts.max()))
         anchor_of[img, slot] = anchor
         rows = bits.new_full((*anchor_of.shape, num_classes), torch.iinfo(torch.int32).min)
         rows[img, slot] = bits[img, anchor]  # (B, S, C)
-    else:  # every anchor (one below the threshold has no pair above it)
+    else:  # most anchors: all rows (one below the threshold has no pair above it)
         anchor_of, rows = None, bits
     flat = rows.reshape(num_images, -1)  # (B, S * C)
     index = (flat > thr).view(-1).nonzero().squeeze(1)  # (N,) into flat, by image, then position
@@ -287,11 +287,14 @@ def _suppression_edges(
 
     # boxes with 2**(k-1) < partners <= 2**k share a window of width 2**k: at most twice the work
     width_class = torch.frexp(count.float()).exponent  # (N,) k, 0 for no partners
-    pad = bx.new_zeros(int(count.max()) + 1 if num else 1, 4)
+    pad = bx.new_zeros(2 * int(count.max()) + 1 if num else 1, 4)
     x1, y1, x2, y2 = torch.cat([bx, pad]).unbind(1)
     cols = [x1, y1, x2, y2, (x2 - x1) * (y2 - y1)]  # (N + pad,) contiguous; areas as the kernel's
     thr = iou_thr - 1e-5 if diou else iou_thr
     src, dst = [], []
+    widest = int(count.max()) if num else 0
+    if widest * num <= _PAIR_CHUNK:  # small: every box in one call, at the widest window
+        width_class = torch.where(count > 0, widest.bit_length(), 0)
     for k in width_class.unique().tolist():
         if k == 0:
             continue
