@@ -140,9 +140,10 @@ def _first_per_image(img: torch.Tensor, k: int, num_images: int) -> torch.Tensor
     return torch.arange(img.numel(), device=img.device) - starts[img] < k
 
 
-def _top_per_image(img: torch.Tensor, score: torch.Tensor, k: int, num_images: int) -> torch.Tensor:
+def _top_per_image(img: torch.Tensor, score: torch.Tensor, k: int, num_images: int, always_sort: bool = True):
     """Indices of the ``k`` highest scores of each image, sorted by image, then score
-    (descending), then index; ``img`` is sorted and scores are > 0.
+    (descending), then index; ``img`` is sorted and scores are > 0. Without
+    ``always_sort``, an input with no image past ``k`` comes back as it is (all indices).
 
     Images with more than ``k`` entries first find their k-th highest score with one
     ``topk`` over an image-padded copy, so only about ``k`` entries per image are sorted.
@@ -150,6 +151,8 @@ def _top_per_image(img: torch.Tensor, score: torch.Tensor, k: int, num_images: i
     idx = torch.arange(score.numel(), device=score.device)
     counts = torch.bincount(img, minlength=num_images)
     cut = score.numel() > 0 and int(counts.max()) > k
+    if not (cut or always_sort):
+        return idx
     if cut:
         rank = idx - (counts.cumsum(0) - counts)[img]
         padded = score.new_full((num_images, int(counts.max())), -math.inf)
@@ -166,7 +169,8 @@ def _candidates(
     scores: torch.Tensor, score_thr: float, pre_nms_topk: int, multi_label: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(image, anchor, label, score) of the candidates, each (N,): at most ``pre_nms_topk``
-    per image, sorted by image, score (descending), then position in ``scores``; ``anchor``
+    per image, image-major; within an image by position in ``scores``, or after a top-k cut
+    by score (descending), then position; ``anchor``
     indexes the flattened (B * A) anchors. ``scores`` must be finite.
 
     ``scores`` is read once, by a per-anchor max; only the rows of anchors whose max passes
@@ -192,7 +196,7 @@ def _candidates(
         else:
             label = bits[img, anchor].argmax(1)
         score = best[img, anchor].view(torch.float32)
-        top = _top_per_image(img, score, pre_nms_topk, num_images)
+        top = _top_per_image(img, score, pre_nms_topk, num_images, always_sort=False)
         return img[top], img[top] * num_anchors + anchor[top], label[top], score[top]
 
     img, anchor = is_cand.nonzero(as_tuple=True)  # (Na,) each, image-major
@@ -208,7 +212,7 @@ def _candidates(
     flat = rows.reshape(num_images, -1)  # (B, S * C)
     index = (flat > thr).view(-1).nonzero().squeeze(1)  # (N,) into flat, by image, then position
     img, score = index // flat.shape[1], flat.view(-1)[index].view(torch.float32)
-    top = _top_per_image(img, score, pre_nms_topk, num_images)
+    top = _top_per_image(img, score, pre_nms_topk, num_images, always_sort=False)
     img, pair, score = img[top], index[top] % flat.shape[1], score[top]
     anchor = pair // num_classes if anchor_of is None else anchor_of[img, pair // num_classes]
     return img, img * num_anchors + anchor, pair % num_classes, score
@@ -295,7 +299,7 @@ def _suppression_edges(
     widest = int(count.max()) if num else 0
     if widest * num <= _PAIR_CHUNK:  # small: every box in one call, at the widest window
         width_class = torch.where(count > 0, widest.bit_length(), 0)
-    for k in width_class.unique().tolist():
+    for k in torch.bincount(width_class).nonzero().squeeze(1).tolist():  # the classes present
         if k == 0:
             continue
         width = 1 << k
@@ -451,20 +455,18 @@ def multiclass_nms(
     cand_boxes = boxes.reshape(-1, 4).index_select(0, anchor)  # (N, 4)
     groups = img if cfg.class_agnostic else img * num_classes + label
 
+    # candidates are by image, then position or score; equal scores always by position
     if cfg.method == "soft":
-        final = _soft_nms(cand_boxes, score, groups, cfg.sigma, cfg.score_thr)
-        keep = (final > cfg.score_thr).nonzero().squeeze(1)
-        keep = keep[_score_key(img[keep], final[keep]).argsort(stable=True)]
-        score = final
+        score = _soft_nms(cand_boxes, score, groups, cfg.sigma, cfg.score_thr)
+        keep = (score > cfg.score_thr).nonzero().squeeze(1)
     else:
         # torchvision compares the float32 IoU with the threshold as a double
         thr = _float32_below(cfg.iou_thr) if cfg.method == "hard" else cfg.iou_thr
-        # priority within a group: score (descending), then position — the candidates' order
+        # priority within a group: score (descending), then position
         prio = _score_key(groups, score).argsort(stable=True)
         kept = _greedy_nms(cand_boxes[prio], groups[prio], thr, cfg.method == "diou")
-        is_kept = torch.zeros_like(kept).index_put_((prio,), kept)
-        keep = is_kept.nonzero().squeeze(1)  # still by image, score, position
-    keep = keep[_first_per_image(img[keep], cfg.max_det, num_images)]
+        keep = torch.zeros_like(kept).index_put_((prio,), kept).nonzero().squeeze(1)
+    keep = keep[_top_per_image(img[keep], score[keep], cfg.max_det, num_images)]  # by image, score
     img, label, score, cand_boxes = img[keep], label[keep], score[keep], cand_boxes[keep]
     counts = torch.bincount(img, minlength=num_images).tolist()
     parts = zip(cand_boxes.split(counts), score.split(counts), label.split(counts), strict=True)
