@@ -19,6 +19,7 @@ time limit: every image of the batch is processed.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import numbers
 import operator
@@ -41,7 +42,9 @@ _INT64_MAX = 2**63 - 1
 _PAIR_CHUNK = 1 << 17
 # A group whose boxes have more than this many window partners each, on average, goes to
 # torchvision's kernel instead (it skips suppressed boxes, which pays off in heavy clusters).
-_PAIRS_PER_BOX_FOR_TORCHVISION = 48
+_PAIRS_PER_BOX_FOR_TORCHVISION = 24
+# Fixed-point rounds of the hard-NMS kernel before the groups still changing go to torchvision.
+_ROUNDS_BEFORE_TORCHVISION = 8
 
 
 class Detections(NamedTuple):
@@ -331,27 +334,37 @@ def _greedy_nms(
     It is found by iterating that equation from all-kept over the sparse list of
     suppressing pairs (Cluster-NMS, Zheng et al. 2021): after round r every box whose
     longest chain of suppressors is shorter than r is final, and a round that changes
-    nothing has reached the fixed point — exactly the greedy set.
+    nothing has reached the fixed point — exactly the greedy set. A group still changing
+    after ``_ROUNDS_BEFORE_TORCHVISION`` rounds goes to torchvision's kernel (hard NMS).
     """
     keep = torch.ones(groups.numel(), dtype=torch.bool, device=boxes.device)
     if not groups.numel():
         return keep
     p, q, to_torchvision = _suppression_edges(boxes, groups, iou_thr, diou)
     src, dst = torch.minimum(p, q), torch.maximum(p, q)  # the earlier box suppresses the later
-    while src.numel():
+    for round_ in itertools.count(1):
+        if not src.numel():
+            break
         suppressed = torch.zeros_like(keep)
         suppressed[dst[keep[src]]] = True
-        if torch.equal(suppressed, ~keep):
+        changed = suppressed == keep  # (N,) where the next keep differs
+        if not changed.any():
             break
         keep = ~suppressed
+        if round_ == _ROUNDS_BEFORE_TORCHVISION and not diou:
+            # long suppression chains (grids of equal boxes): the groups still changing (the
+            # others are at their fixed point) go to torchvision's kernel
+            to_torchvision = to_torchvision.index_fill(0, groups[changed], True)
+            break
     if to_torchvision.any():
-        # big clusters: torchvision's kernel, fed the priority order as distinct scores
+        # torchvision's kernel per group (contiguous here), fed the priority order as distinct scores
+        sizes = torch.bincount(groups, minlength=to_torchvision.numel())
+        starts, sizes = (sizes.cumsum(0) - sizes).tolist(), sizes.tolist()
         for g in to_torchvision.nonzero().squeeze(1).tolist():
-            idx = (groups == g).nonzero().squeeze(1)
-            rank = torch.arange(idx.numel(), 0, -1, dtype=torch.float32, device=idx.device)
-            kept = torchvision.ops.nms(boxes[idx], rank, iou_thr)
-            keep[idx] = False
-            keep[idx[kept]] = True
+            start, stop = starts[g], starts[g] + sizes[g]
+            rank = torch.arange(stop - start, 0, -1, dtype=torch.float32, device=boxes.device)
+            group_keep = torch.zeros(stop - start, dtype=torch.bool, device=boxes.device)
+            keep[start:stop] = group_keep.index_fill_(0, torchvision.ops.nms(boxes[start:stop], rank, iou_thr), True)
     return keep
 
 

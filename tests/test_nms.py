@@ -493,7 +493,7 @@ def test_dense_cluster_equals_torchvision(monkeypatch):
         assert_same(ours, batched_nms_loop(boxes, scores, *args))
         calls.clear()
         assert 20 < len(ours[0].scores) < 1500
-    spread, spread_scores = dense_batch(1)
+    spread, spread_scores = dense_batch(1, size=3000.0)  # ~4 x-window partners per box
     multiclass_nms(spread, spread_scores, pre_nms_topk=30_000, multi_label=False)
     assert calls == []
 
