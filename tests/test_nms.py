@@ -450,10 +450,7 @@ def test_ties_are_broken_by_position(multi_label, class_agnostic):
     args = (0.3, 0.5, 60, 250, multi_label, class_agnostic)
     ours = multiclass_nms(boxes, scores, *args)
     assert_same(ours, reference_tied(boxes, scores, *args))
-    # each kept set is also what batched_nms keeps whenever ties cannot matter: not here, so
-    # at least check the kept score multiset against batched_nms
-    for det, (_, sc, _) in zip(ours, batched_nms_loop(boxes, scores, *args), strict=True):
-        assert len(det.scores) == len(sc)
+    assert all(len(d.scores) == 60 for d in ours)  # max_det cuts (4 score levels: among equal scores)
 
 
 @pytest.mark.parametrize("multi_label", [True, False])
