@@ -451,9 +451,10 @@ def multiclass_nms(
     Hard and DIoU NMS run every (image, class) group of the batch at once: the pairs of a
     group that can overlap by more than ``iou_thr`` (a sweep over x) get their overlap
     computed with the kernel's own float32 arithmetic, and greedy suppression is iterated
-    to its fixed point over those pairs (Cluster-NMS); groups with very dense clusters go
-    to torchvision's kernel. No float64 anywhere (MPS has none). Soft-NMS runs all groups
-    together, one vectorised step per selection.
+    to its fixed point over those pairs (Cluster-NMS); groups with very dense clusters or
+    long suppression chains go to torchvision's kernel. No float64 anywhere (MPS has none).
+    Soft-NMS runs all groups together, in rounds that each select every box outscoring its
+    remaining overlapping boxes.
     """
     _check_inputs(boxes, scores)
     cfg = NMSSettings(score_thr, iou_thr, max_det, pre_nms_topk, multi_label, class_agnostic, method, sigma)
