@@ -1,24 +1,28 @@
 """Batched multi-class non-maximum suppression for dense detectors.
 
 :func:`multiclass_nms` turns the per-anchor boxes and class probabilities of a whole batch
-into per-image detections, vectorised over the batch (no Python loop over images):
+into per-image detections, vectorised over the batch (no Python loop over images or classes):
 
 1. candidates: every (anchor, class) pair with score > ``score_thr`` (``multi_label``) or
    each anchor's best class when that score is > ``score_thr`` (single-label);
 2. the ``pre_nms_topk`` highest-scoring candidates of each image go to NMS;
 3. NMS runs within each (image, class) group, or within each image when
-   ``class_agnostic``: ``"hard"`` (greedy, torchvision's kernel), ``"soft"`` (Gaussian
-   soft-NMS) or ``"diou"`` (DIoU-NMS);
+   ``class_agnostic``: ``"hard"`` (greedy, exactly torchvision's kernel), ``"soft"``
+   (Gaussian soft-NMS) or ``"diou"`` (DIoU-NMS);
 4. the ``max_det`` highest-scoring survivors of each image are returned, sorted by score.
 
-There is no time limit: every image of the batch is processed.
+Equal scores are ordered by the candidate's position in the (image, anchor, class) layout
+of ``scores`` (lower first) — in the top-k cuts, in NMS and in the output. There is no
+time limit: every image of the batch is processed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
-from collections.abc import Callable
+import numbers
+import operator
 from typing import NamedTuple
 
 import torch
@@ -29,12 +33,18 @@ from ._validation import check_boxes, check_floating
 from .boxes import box_iou
 from .registry import NMS
 
-__all__ = ["NMS_METHODS", "Detections", "MultiClassNMS", "multiclass_nms"]
+__all__ = ["NMS_METHODS", "Detections", "MultiClassNMS", "NMSSettings", "multiclass_nms"]
 
 NMS_METHODS = ("hard", "soft", "diou")
-# Candidates per torchvision.ops.nms call (hard NMS): its cost grows with kept boxes times the
-# boxes of the call, so the batch is split into calls of whole images near this size.
-_NMS_CALL_SIZE = 512
+_INT64_MAX = 2**63 - 1
+# Box pairs whose overlap is computed at once: bounds the memory of the pair kernel and keeps
+# its temporaries in cache.
+_PAIR_CHUNK = 1 << 17
+# A group whose boxes have more than this many window partners each, on average, goes to
+# torchvision's kernel instead (it skips suppressed boxes, which pays off in heavy clusters).
+_PAIRS_PER_BOX_FOR_TORCHVISION = 24
+# Fixed-point rounds of the hard-NMS kernel before the groups still changing go to torchvision.
+_ROUNDS_BEFORE_TORCHVISION = 8
 
 
 class Detections(NamedTuple):
@@ -48,18 +58,58 @@ class Detections(NamedTuple):
     labels: torch.Tensor
 
 
-def _check_params(score_thr: float, iou_thr: float, max_det: int, pre_nms_topk: int, method: str, sigma: float) -> None:
-    if method not in NMS_METHODS:
-        raise ValueError(f"method must be one of {NMS_METHODS}, got {method!r}")
-    if not 0.0 <= iou_thr <= 1.0:
-        raise ValueError(f"iou_thr must lie in [0, 1], got {iou_thr}")
-    if not 0.0 <= score_thr <= 1.0:
-        raise ValueError(f"score_thr must lie in [0, 1], got {score_thr}")
-    for name, value in (("max_det", max_det), ("pre_nms_topk", pre_nms_topk)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
+def _as_float(name: str, value: object) -> float:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    return float(value)
+
+
+def _as_count(name: str, value: object) -> int:
+    """A positive integer from anything integer-like (int, NumPy or 0-dim torch integers);
+    values past the int64 range mean "no limit" and are clamped to it."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        count = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+    if count < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return min(count, _INT64_MAX)
+
+
+@dataclasses.dataclass(frozen=True)
+class NMSSettings:
+    """The validated settings of :func:`multiclass_nms` (see there); integer-like counts are
+    converted to ``int`` and clamped to the int64 range, thresholds to ``float``."""
+
+    score_thr: float = 0.05
+    iou_thr: float = 0.6
+    max_det: int = 100
+    pre_nms_topk: int = 1000
+    multi_label: bool = True
+    class_agnostic: bool = False
+    method: str = "hard"
+    sigma: float = 0.5
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__.__get__(self)
+        if self.method not in NMS_METHODS:
+            raise ValueError(f"method must be one of {NMS_METHODS}, got {self.method!r}")
+        for name in ("score_thr", "iou_thr", "sigma"):
+            set_(name, _as_float(name, getattr(self, name)))
+        if not 0.0 <= self.iou_thr <= 1.0:
+            raise ValueError(f"iou_thr must lie in [0, 1], got {self.iou_thr}")
+        if not 0.0 <= self.score_thr <= 1.0:
+            raise ValueError(f"score_thr must lie in [0, 1], got {self.score_thr}")
+        if not self.sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+        for name in ("max_det", "pre_nms_topk"):
+            set_(name, _as_count(name, getattr(self, name)))
+        for name in ("multi_label", "class_agnostic"):
+            set_(name, bool(getattr(self, name)))
 
 
 def _check_inputs(boxes: torch.Tensor, scores: torch.Tensor) -> None:
@@ -74,38 +124,101 @@ def _check_inputs(boxes: torch.Tensor, scores: torch.Tensor) -> None:
         )
 
 
-def _candidates(
-    scores: torch.Tensor, score_thr: float, multi_label: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(image, anchor, label, score) of every candidate, each (N,), image-major; ``anchor``
-    indexes the flattened (B * A) anchors.
+def _score_key(prefix: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """int64 keys that sort ascending by ``prefix`` (an int >= 0), then by ``score``
+    descending; scores must be > 0 and finite (their int32 bit patterns then order like them)."""
+    return (prefix << 31) | (0x7FFFFFFF - score.view(torch.int32)).long()
 
-    The (B, A, C) scores are read once, by a per-anchor max; only the rows of anchors whose
-    max passes the threshold are gathered and searched. Everything runs on the float32 bit
-    patterns as int32, which order like the floats for scores >= 0 and reduce several times
-    faster; a negative score maps to a negative int and stays below any threshold >= 0, and
-    a NaN maps above +inf, which is how it is caught (from the (B, A) maxima, not a full pass).
-    Single-label ties go to the lowest class index.
+
+def _ordered_bits(x: torch.Tensor) -> torch.Tensor:
+    """int64 in [0, 2**32) ordering like the float32 values ``x`` (-0.0 counts as 0.0)."""
+    bits = (x + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0
+    return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).long() + 2**31
+
+
+def _first_per_image(img: torch.Tensor, k: int, num_images: int) -> torch.Tensor:
+    """Mask of the first ``k`` entries of each image; ``img`` is sorted."""
+    counts = torch.bincount(img, minlength=num_images)
+    starts = counts.cumsum(0) - counts
+    return torch.arange(img.numel(), device=img.device) - starts[img] < k
+
+
+def _top_per_image(img: torch.Tensor, score: torch.Tensor, k: int, num_images: int, always_sort: bool = True):
+    """Indices of the ``k`` highest scores of each image, sorted by image, then score
+    (descending), then index; ``img`` is sorted and scores are > 0. Without
+    ``always_sort``, an input with no image past ``k`` comes back as it is (all indices).
+
+    Images with more than ``k`` entries first find their k-th highest score with one
+    ``topk`` over an image-padded copy, so only about ``k`` entries per image are sorted.
     """
-    num_anchors, num_classes = scores.shape[1:]
-    if scores.numel() == 0:  # A = 0 or C = 0 (a max over an empty dim raises)
-        empty = torch.zeros(0, dtype=torch.long, device=scores.device)
-        return empty, empty, empty, scores.new_zeros(0)
+    idx = torch.arange(score.numel(), device=score.device)
+    counts = torch.bincount(img, minlength=num_images)
+    cut = score.numel() > 0 and int(counts.max()) > k
+    if not (cut or always_sort):
+        return idx
+    if cut:
+        rank = idx - (counts.cumsum(0) - counts)[img]
+        padded = score.new_full((num_images, int(counts.max())), -math.inf)
+        padded[img, rank] = score
+        kth = padded.topk(k, dim=1, sorted=False).values.amin(1)  # (B,), -inf below k entries
+        idx = (score >= kth[img]).nonzero().squeeze(1)  # ties at the k-th score are all here
+    idx = idx[_score_key(img[idx], score[idx]).argsort(stable=True)]
+    if cut:
+        idx = idx[_first_per_image(img[idx], k, num_images)]
+    return idx
+
+
+def _candidates(
+    scores: torch.Tensor, score_thr: float, pre_nms_topk: int, multi_label: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image, anchor, label, score) of the candidates, each (N,): at most ``pre_nms_topk``
+    per image, image-major; within an image by position in ``scores``, or after a top-k cut
+    by score (descending), then position; ``anchor``
+    indexes the flattened (B * A) anchors. ``scores`` must be finite.
+
+    ``scores`` is read once, by a per-anchor max; only the rows of anchors whose max passes
+    the threshold and ranks among the ``pre_nms_topk`` highest of its image are gathered (no
+    pair outside them can be among the image's top k). The search runs on the float32 bit
+    patterns as int32, which order like the floats for scores >= 0 and reduce faster; a
+    negative score has a negative pattern and stays below any threshold >= 0. Single-label
+    ties go to the lowest class index.
+    """
+    num_images, num_anchors, num_classes = scores.shape
     bits = scores.view(torch.int32)
-    best = bits.amax(-1).reshape(-1)  # (B * A,) bits of each anchor's best score
-    if best.max() > _POS_INF_BITS:
-        raise ValueError("scores must not contain NaN (found in the (B, A, C) class probabilities)")
-    thr_bits = _float_bits(score_thr)
-    anchor = (best > thr_bits).nonzero().squeeze(1)  # (Na,)
-    rows = bits.reshape(-1, num_classes).index_select(0, anchor)  # (Na, C)
-    if multi_label:
-        flat = (rows > thr_bits).view(-1).nonzero().squeeze(1)  # (N,) into rows.view(-1)
-        label, score = flat % num_classes, rows.view(-1)[flat]
-        anchor = anchor.index_select(0, flat // num_classes)
-    else:
-        score = best.index_select(0, anchor)  # (Na,)
-        label = rows.argmax(1)  # the first class holding the max
-    return anchor // num_anchors, anchor, label, score.view(torch.float32)
+    thr = _float_bits(score_thr)
+    best = bits.amax(-1)  # (B, A)
+    is_cand = best > thr  # (B, A)
+    anchor_cut = num_anchors > pre_nms_topk and int(torch.count_nonzero(is_cand, 1).max()) > pre_nms_topk
+    if anchor_cut:
+        kth = best.topk(pre_nms_topk, dim=1, sorted=False).values.amin(1, keepdim=True)  # (B, 1)
+        is_cand &= best >= kth
+    if not multi_label:
+        img, anchor = is_cand.nonzero(as_tuple=True)  # (Na,) each, image-major
+        if 4 * img.numel() > is_cand.numel():  # most anchors (epoch 1): one pass, no gather
+            label = scores.max(-1).indices[img, anchor]  # the first class holding the max
+        else:
+            label = bits[img, anchor].argmax(1)
+        score = best[img, anchor].view(torch.float32)
+        top = _top_per_image(img, score, pre_nms_topk, num_images, always_sort=False)
+        return img[top], img[top] * num_anchors + anchor[top], label[top], score[top]
+
+    img, anchor = is_cand.nonzero(as_tuple=True)  # (Na,) each, image-major
+    if 2 * img.numel() < is_cand.numel():  # gather the rows of the candidate anchors, image-padded
+        counts = torch.bincount(img, minlength=num_images)
+        slot = torch.arange(img.numel(), device=img.device) - (counts.cumsum(0) - counts)[img]
+        anchor_of = anchor.new_zeros(num_images, int(counts.max()))
+        anchor_of[img, slot] = anchor
+        rows = bits.new_full((*anchor_of.shape, num_classes), torch.iinfo(torch.int32).min)
+        rows[img, slot] = bits[img, anchor]  # (B, S, C)
+    else:  # most anchors: all rows (one below the threshold has no pair above it)
+        anchor_of, rows = None, bits
+    flat = rows.reshape(num_images, -1)  # (B, S * C)
+    index = (flat > thr).view(-1).nonzero().squeeze(1)  # (N,) into flat, by image, then position
+    img, score = index // flat.shape[1], flat.view(-1)[index].view(torch.float32)
+    top = _top_per_image(img, score, pre_nms_topk, num_images, always_sort=False)
+    img, pair, score = img[top], index[top] % flat.shape[1], score[top]
+    anchor = pair // num_classes if anchor_of is None else anchor_of[img, pair // num_classes]
+    return img, img * num_anchors + anchor, pair % num_classes, score
 
 
 def _float_bits(value: float) -> int:
@@ -113,120 +226,183 @@ def _float_bits(value: float) -> int:
     return int(torch.tensor(value, dtype=torch.float32).view(torch.int32))
 
 
-_POS_INF_BITS = _float_bits(math.inf)
+def _check_finite(boxes: torch.Tensor, scores: torch.Tensor) -> None:
+    """NaN (either sign bit) or +-inf in either input: a ValueError naming it. One reduction
+    each (a sum: finite iff every element is, unless it overflows, which the exact check
+    after it tells apart) and one host sync."""
+    names = ("boxes", "scores")
+    sums = torch.stack([boxes.sum(dtype=torch.float32), scores.sum(dtype=torch.float32)])
+    for name, tensor, ok in zip(names, (boxes, scores), torch.isfinite(sums).tolist(), strict=True):
+        if not ok and not torch.isfinite(tensor).all():
+            raise ValueError(f"{name} must be finite: found NaN or +-inf")
 
 
-def _top_per_image(img: torch.Tensor, order: torch.Tensor, k: int, num_images: int) -> torch.Tensor:
-    """``order`` (indices by score, descending) regrouped image-major, at most ``k`` per image."""
-    order = order[img[order].argsort(stable=True)]  # (N,) grouped by image, by score within
-    counts = torch.bincount(img, minlength=num_images)
-    starts = counts.cumsum(0) - counts
-    rank = torch.arange(order.numel(), device=order.device) - starts[img[order]]
-    return order[rank < k]
+def _float32_below(value: float) -> float:
+    """The largest float32 <= ``value``: for a float32 ``x``, ``x > value`` iff ``x > this``."""
+    f = torch.tensor(value, dtype=torch.float32)
+    if f.item() > value:
+        f = torch.nextafter(f, torch.tensor(-math.inf))
+    return f.item()
 
 
-def _grouped_hard_nms(
-    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, images: torch.Tensor, iou_thr: float
-) -> torch.Tensor:
-    """Greedy NMS within each group with :func:`torchvision.ops.nms`; kept indices, image-major
-    and by score (descending) within an image.
+def _window_iou(cols: list[torch.Tensor], p: torch.Tensor, width: int) -> torch.Tensor:
+    """(P, width) IoU of each box p with boxes p + 1 .. p + width of the (padded) columns
+    x1, y1, x2, y2, area, with the operations of torchvision's CPU NMS kernel in its order,
+    so every value is bit-identical to the one the kernel compares."""
+    (x1p, y1p, x2p, y2p, area_p), (x1q, y1q, x2q, y2q, area_q) = (
+        [c[p, None] for c in cols],
+        [c.unfold(0, width, 1).index_select(0, p + 1) for c in cols],  # runs of `width`
+    )
+    w = (torch.minimum(x2p, x2q) - torch.maximum(x1p, x1q)).clamp_(min=0)
+    h = (torch.minimum(y2p, y2q) - torch.maximum(y1p, y1q)).clamp_(min=0)
+    inter = w.mul_(h)
+    return inter.div_((area_p + area_q).sub_(inter))
 
-    Groups are kept apart by shifting each by ``group * span`` (span = coordinate range + 1),
-    in float64, where adding these integer multiples to float32 coordinates is exact: the
-    IoUs are those of the original boxes (a float32 shift loses ~0.01 px at batch scale and
-    flips borderline decisions; unlike torchvision's coordinate trick this also holds for
-    negative coordinates). The kernel compares every kept box with every later box of its
-    call, so one call for the whole batch costs O(kept * N); instead consecutive whole
-    images (``images`` is sorted) are packed into calls of at most ``_NMS_CALL_SIZE``
-    candidates, an image with more taking a call of its own.
+
+def _suppression_edges(
+    boxes: torch.Tensor, groups: torch.Tensor, iou_thr: float, diou: bool = False, keep_all_groups: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every pair (p, q), p < q, of boxes of the same group whose IoU (DIoU if ``diou``)
+    is > ``iou_thr``, as index tensors (E,), and the groups left to torchvision's kernel
+    (bool (num groups,); none for DIoU or with ``keep_all_groups``).
+
+    Only pairs that can overlap by more than ``iou_thr`` are looked at: IoU > t needs an
+    x-overlap > t * max(w_p, w_q), so with the group's boxes sorted by x1 the partners of p
+    are the next boxes with x1 < x2_p - t * w_p (counted by one ``searchsorted``; the bound
+    is loosened by a margin that covers float rounding, the exact test decides). Their IoUs
+    are computed for boxes with similar numbers of partners together, each against its next
+(group's most) partners, read as strided windows of the x-sorted columns. DIoU <= IoU
+    (box_iou's, up to rounding), so DIoU pairs are the IoU pairs above t - 1e-5 that pass
+    box_iou's DIoU test.
     """
-    boxes64 = boxes.double()
-    low, high = torch.aminmax(boxes64)
-    shifted = boxes64 - low + (groups.double() * (high - low + 1))[:, None]  # (N, 4)
-    scores64 = scores.double()
-    bounds, end = [0], 0  # candidate ranges of the calls: whole images, <= _NMS_CALL_SIZE each
-    for count in torch.bincount(images).tolist():
-        if end > bounds[-1] and end + count - bounds[-1] > _NMS_CALL_SIZE:
-            bounds.append(end)
-        end += count
-    bounds.append(end)
-    keep = torch.cat([
-        torchvision.ops.nms(shifted[start:stop], scores64[start:stop], iou_thr) + start
-        for start, stop in itertools.pairwise(bounds)
-    ])  # by score within each call
-    return keep[images[keep].argsort(stable=True)]
+    num = groups.numel()
+    keys = groups << 32 | _ordered_bits(boxes[:, 0])
+    by_x = keys.argsort()  # (N,) by group, then x1
+    keys = keys[by_x]
+    grp, bx = groups[by_x], boxes[by_x]
+    x1s, x2s = bx[:, 0], bx[:, 2]
+    bound = x2s - (0.999 * iou_thr) * (x2s - x1s) + 1e-5 * (x1s.abs() + x2s.abs())
+    end = torch.searchsorted(keys, grp << 32 | _ordered_bits(bound), right=True)  # (N,)
+    pos = torch.arange(num, device=boxes.device)
+    count = (end - pos - 1).clamp_(min=0)  # window partners of each box
+    num_groups = int(groups.max()) + 1
+    group_pairs = torch.zeros(num_groups, dtype=torch.long, device=boxes.device).index_add_(0, grp, count)
+    group_size = torch.bincount(groups, minlength=num_groups)
+    to_torchvision = group_pairs > _PAIRS_PER_BOX_FOR_TORCHVISION * group_size
+    to_torchvision &= not (diou or keep_all_groups)
+    count = count.masked_fill_(to_torchvision[grp], 0)
+
+    # boxes with 2**(k-1) < partners <= 2**k share a window of width 2**k: at most twice the work
+    width_class = torch.frexp(count.float()).exponent  # (N,) k, 0 for no partners
+    pad = bx.new_zeros(2 * int(count.max()) + 1 if num else 1, 4)
+    x1, y1, x2, y2 = torch.cat([bx, pad]).unbind(1)
+    cols = [x1, y1, x2, y2, (x2 - x1) * (y2 - y1)]  # (N + pad,) contiguous; areas as the kernel's
+    thr = iou_thr - 1e-5 if diou else iou_thr
+    src, dst = [], []
+    widest = int(count.max()) if num else 0
+    if widest * num <= _PAIR_CHUNK:  # small: every box in one call, at the widest window
+        width_class = torch.where(count > 0, widest.bit_length(), 0)
+    for k in torch.bincount(width_class).nonzero().squeeze(1).tolist():  # the classes present
+        if k == 0:
+            continue
+        width = 1 << k
+        members = (width_class == k).nonzero().squeeze(1)
+        for p in members.split(max(1, _PAIR_CHUNK // width)):
+            hit = _window_iou(cols, p, width) > thr  # (P, width)
+            hit &= torch.arange(width, device=hit.device) < count[p, None]
+            row, step = hit.nonzero(as_tuple=True)
+            src.append(p[row])
+            dst.append(p[row] + 1 + step)
+    empty = torch.zeros(0, dtype=torch.long, device=boxes.device)
+    p, q = (torch.cat(src), torch.cat(dst)) if src else (empty, empty)
+    if diou:
+        hit = box_iou(bx[p], bx[q], mode="diou", aligned=True) > iou_thr
+        p, q = p[hit], q[hit]
+    return by_x[p], by_x[q], to_torchvision
 
 
-def _sequential_nms(
+def _greedy_nms(
     boxes: torch.Tensor,
-    scores: torch.Tensor,
     groups: torch.Tensor,
-    num_groups: int,
-    mode: str,
-    update: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-) -> torch.Tensor:
-    """Greedy selection run in every group at once; the score of each box when selected.
-
-    Each step picks the highest-scoring remaining box of every group (ties: lowest index),
-    records its current score, and calls ``update(scores, overlap)`` on the remaining boxes
-    with their ``mode`` overlap (``box_iou``) to the box selected in their group; it returns
-    the new scores and which boxes stay. Steps = the largest number of selections in a
-    group, each a handful of (N,) operations. Returns (N,) with -inf for boxes never selected.
-    """
-    selected = torch.full_like(scores, float("-inf"))
-    idx = torch.arange(scores.numel(), device=scores.device)  # remaining candidates
-    while idx.numel():
-        pos = torch.arange(idx.numel(), device=idx.device)
-        best = scores.new_full((num_groups,), float("-inf"))
-        best = best.scatter_reduce(0, groups, scores, "amax")
-        is_best = scores == best[groups]
-        first = pos.new_full((num_groups,), idx.numel()).scatter_reduce(
-            0, groups, torch.where(is_best, pos, idx.numel()), "amin"
-        )
-        pick = first[groups]  # (M,) position of the box selected in each box's group
-        chosen = pos == pick
-        selected[idx[chosen]] = scores[chosen]
-        overlap = box_iou(boxes, boxes[pick], mode=mode, aligned=True)  # (M,)
-        scores, stay = update(scores, overlap)
-        stay &= ~chosen
-        idx, boxes, scores, groups = idx[stay], boxes[stay], scores[stay], groups[stay]
-    return selected
-
-
-def _run_nms(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    groups: torch.Tensor,
-    images: torch.Tensor,
-    num_groups: int,
-    method: str,
-    score_thr: float,
     iou_thr: float,
-    sigma: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Kept candidate indices, image-major and by their (possibly decayed) score within an
-    image, descending; and those scores."""
-    if method == "hard":
-        keep = _grouped_hard_nms(boxes, scores, groups, images, iou_thr)
-        return keep, scores[keep]
-    if method == "soft":
-        # Gaussian soft-NMS (Bodla et al. 2017): s_j <- s_j * exp(-IoU(M, b_j)^2 / sigma);
-        # boxes at or below score_thr can no longer be kept and leave the loop.
-        def update(s: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            s = s * torch.exp(-iou.square() / sigma)
-            return s, s > score_thr
+    diou: bool,
+) -> torch.Tensor:
+    """Greedy NMS within groups; boxes are in priority order (a box outranks every later box
+    of its group). Returns the kept mask (N,).
 
-        final = _sequential_nms(boxes, scores, groups, num_groups, "iou", update)
-    else:
-        # DIoU-NMS (Zheng et al. 2020): suppress b_j when IoU - rho^2 / c^2 > iou_thr.
-        def update(s: torch.Tensor, diou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return s, diou <= iou_thr
+    The greedy result is the unique ``keep`` with keep[j] = no kept i < j suppresses j.
+    It is found by iterating that equation from all-kept over the sparse list of
+    suppressing pairs (Cluster-NMS, Zheng et al. 2021): after round r every box whose
+    longest chain of suppressors is shorter than r is final, and a round that changes
+    nothing has reached the fixed point — exactly the greedy set. A group still changing
+    after ``_ROUNDS_BEFORE_TORCHVISION`` rounds goes to torchvision's kernel (hard NMS).
+    """
+    keep = torch.ones(groups.numel(), dtype=torch.bool, device=boxes.device)
+    if not groups.numel():
+        return keep
+    p, q, to_torchvision = _suppression_edges(boxes, groups, iou_thr, diou)
+    src, dst = torch.minimum(p, q), torch.maximum(p, q)  # the earlier box suppresses the later
+    for round_ in itertools.count(1):
+        if not src.numel():
+            break
+        suppressed = torch.zeros_like(keep)
+        suppressed[dst[keep[src]]] = True
+        changed = suppressed == keep  # (N,) where the next keep differs
+        if not changed.any():
+            break
+        keep = ~suppressed
+        if round_ == _ROUNDS_BEFORE_TORCHVISION and not diou:
+            # long suppression chains (grids of equal boxes): the groups still changing (the
+            # others are at their fixed point) go to torchvision's kernel
+            to_torchvision = to_torchvision.index_fill(0, groups[changed], True)
+            break
+    if to_torchvision.any():
+        # torchvision's kernel per group (contiguous here), fed the priority order as distinct scores
+        sizes = torch.bincount(groups, minlength=to_torchvision.numel())
+        starts, sizes = (sizes.cumsum(0) - sizes).tolist(), sizes.tolist()
+        for g in to_torchvision.nonzero().squeeze(1).tolist():
+            start, stop = starts[g], starts[g] + sizes[g]
+            rank = torch.arange(stop - start, 0, -1, dtype=torch.float32, device=boxes.device)
+            group_keep = torch.zeros(stop - start, dtype=torch.bool, device=boxes.device)
+            keep[start:stop] = group_keep.index_fill_(0, torchvision.ops.nms(boxes[start:stop], rank, iou_thr), True)
+    return keep
 
-        final = _sequential_nms(boxes, scores, groups, num_groups, "diou", update)
-    keep = (final > score_thr).nonzero().squeeze(1)
-    keep = keep[final[keep].argsort(descending=True, stable=True)]
-    keep = keep[images[keep].argsort(stable=True)]  # image-major, by score within an image
-    return keep, final[keep]
+
+def _soft_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, sigma: float, score_thr: float
+) -> torch.Tensor:
+    """Gaussian soft-NMS within groups; the score of each box when selected, (N,), -inf for
+    boxes that fell to ``score_thr`` or below first.
+
+    Greedy soft-NMS selects the highest-scoring remaining box of a group, then decays every
+    other remaining box, s_j <- s_j * exp(-IoU(M, b_j)^2 / sigma). Only overlapping boxes
+    (IoU > 0) decay each other, and scores only fall, so a remaining box that outscores all
+    its remaining overlapping boxes (ties: the lower index) is selected before any of them,
+    at its current score, whatever happens elsewhere in the group. Each round therefore
+    selects every such box at once and applies their decays: the same selections and scores
+    as the one-box-a-step loop, in as many rounds as the longest chain of overlaps (a box
+    decayed by several boxes of one round gets exp of the summed exponents: equal up to
+    float rounding).
+    """
+    final = torch.full_like(scores, -math.inf)
+    if not scores.numel():
+        return final
+    p, q, _ = _suppression_edges(boxes, groups, 0.0, keep_all_groups=True)  # pairs with IoU > 0
+    log_decay = -box_iou(boxes[p], boxes[q], aligned=True).square() / sigma  # (E,)
+    a, b, log_decay = torch.cat([p, q]), torch.cat([q, p]), torch.cat([log_decay, log_decay])  # both ways
+    alive = scores > score_thr
+    while alive.any():
+        live = alive[a] & alive[b]
+        a, b, log_decay = a[live], b[live], log_decay[live]
+        beats = (scores[a] > scores[b]) | ((scores[a] == scores[b]) & (a < b))  # a is selected first
+        beaten = torch.zeros_like(alive).index_fill_(0, b[beats], True)
+        selected = alive & ~beaten
+        final = torch.where(selected, scores, final)
+        alive &= ~selected
+        hit = selected[a]  # a selected, b still remaining
+        scores = scores * torch.zeros_like(scores).index_add_(0, b[hit], log_decay[hit]).exp()
+        alive &= scores > score_thr
+    return final
 
 
 def multiclass_nms(
@@ -244,103 +420,86 @@ def multiclass_nms(
     """Multi-class NMS over a batch of dense predictions, in one pass for the whole batch.
 
     Args:
-        boxes: (B, A, 4) ``xyxy`` boxes of every anchor.
-        scores: (B, A, C) class probabilities (after sigmoid), not logits.
+        boxes: (B, A, 4) ``xyxy`` boxes of every anchor; finite.
+        scores: (B, A, C) class probabilities (after sigmoid), not logits; finite.
         score_thr: candidates need a score > ``score_thr``; for ``"soft"`` also the final
             (decayed) score.
         iou_thr: ``"hard"``: suppress IoU > iou_thr; ``"diou"``: suppress
             IoU - rho^2 / c^2 > iou_thr; unused by ``"soft"``.
-        max_det: detections kept per image (the highest scores).
-        pre_nms_topk: candidates per image that enter NMS (the highest scores).
+        max_det: detections kept per image (the highest scores); any integer-like number,
+            values past int64 mean no limit.
+        pre_nms_topk: candidates per image that enter NMS (the highest scores); as max_det.
         multi_label: every (anchor, class) pair above ``score_thr`` is a candidate;
             otherwise only each anchor's best class.
         class_agnostic: suppress across classes within an image instead of per class.
-        method: ``"hard"`` (greedy NMS, :func:`torchvision.ops.nms` on group-shifted
-            boxes), ``"soft"`` (Gaussian soft-NMS, Bodla et al. 2017:
-            s_j <- s_j * exp(-IoU(M, b_j)^2 / sigma) each time a box M is selected in b_j's
-            group) or ``"diou"`` (DIoU-NMS, Zheng et al. 2020; rho is the distance between
-            the box centres and c the diagonal of their enclosing box).
+        method: ``"hard"`` (greedy NMS; the kept set is exactly that of
+            :func:`torchvision.ops.nms` run per image and class), ``"soft"`` (Gaussian
+            soft-NMS, Bodla et al. 2017: s_j <- s_j * exp(-IoU(M, b_j)^2 / sigma) each time
+            a box M is selected in b_j's group) or ``"diou"`` (DIoU-NMS, Zheng et al. 2020;
+            rho is the distance between the box centres and c the diagonal of their
+            enclosing box).
         sigma: the Gaussian soft-NMS parameter.
 
     Returns:
         B :class:`Detections` (boxes (K, 4), scores (K,), labels (K,) long), K <= max_det,
-        sorted by score (descending). Boxes and scores are float32 (fp16/bf16 inputs are
-        cast) on the input's device.
+        sorted by score (descending; equal scores by position in ``scores``). Boxes and
+        scores are float32 (fp16/bf16 inputs are cast) on the input's device.
 
-    Hard NMS keeps exactly what :func:`torchvision.ops.nms` keeps run per image and class
-    (a few kernel calls for the batch, each over whole images with exact float64 group
-    shifts). Soft and DIoU NMS run
-    all groups of the batch together, one vectorised step per selection (steps = the largest
-    number of selections in one group).
+    Raises:
+        ValueError: bad shapes or settings, or NaN / +-inf in ``boxes`` or ``scores``.
+
+    Hard and DIoU NMS run every (image, class) group of the batch at once: the pairs of a
+    group that can overlap by more than ``iou_thr`` (a sweep over x) get their overlap
+    computed with the kernel's own float32 arithmetic, and greedy suppression is iterated
+    to its fixed point over those pairs (Cluster-NMS); groups with very dense clusters or
+    long suppression chains go to torchvision's kernel. No float64 anywhere (MPS has none).
+    Soft-NMS runs all groups together, in rounds that each select every box outscoring its
+    remaining overlapping boxes.
     """
     _check_inputs(boxes, scores)
-    _check_params(score_thr, iou_thr, max_det, pre_nms_topk, method, sigma)
+    cfg = NMSSettings(score_thr, iou_thr, max_det, pre_nms_topk, multi_label, class_agnostic, method, sigma)
+    _check_finite(boxes, scores)
     boxes, scores = boxes.float(), scores.float()
-    num_images, num_classes = scores.shape[0], scores.shape[2]
-
-    img, anchor, label, score = _candidates(scores, score_thr, multi_label)
-    if score.numel() and torch.bincount(img).max() > pre_nms_topk:
-        top = _top_per_image(img, score.argsort(descending=True, stable=True), pre_nms_topk, num_images)
-        anchor, img, label, score = anchor[top], img[top], label[top], score[top]
+    num_images, _, num_classes = scores.shape
+    if scores.numel():
+        img, anchor, label, score = _candidates(scores, cfg.score_thr, cfg.pre_nms_topk, cfg.multi_label)
+    else:  # A = 0 or C = 0 (a max over an empty dim raises)
+        img = anchor = label = torch.zeros(0, dtype=torch.long, device=scores.device)
+        score = scores.new_zeros(0)
     cand_boxes = boxes.reshape(-1, 4).index_select(0, anchor)  # (N, 4)
-    if score.numel():
-        groups = img if class_agnostic else img * num_classes + label
-        num_groups = num_images if class_agnostic else num_images * num_classes
-        keep, score = _run_nms(cand_boxes, score, groups, img, num_groups, method, score_thr, iou_thr, sigma)
-        img, label, cand_boxes = img[keep], label[keep], cand_boxes[keep]
+    groups = img if cfg.class_agnostic else img * num_classes + label
 
-    counts = torch.bincount(img, minlength=num_images)
-    if score.numel() and counts.max() > max_det:  # keep is by score within an image: cut at max_det
-        top = _top_per_image(img, torch.arange(len(img), device=img.device), max_det, num_images)
-        img, label, score, cand_boxes = img[top], label[top], score[top], cand_boxes[top]
-        counts = counts.clamp(max=max_det)
-    counts = counts.tolist()
+    # candidates are by image, then position or score; equal scores always by position
+    if cfg.method == "soft":
+        score = _soft_nms(cand_boxes, score, groups, cfg.sigma, cfg.score_thr)
+        keep = (score > cfg.score_thr).nonzero().squeeze(1)
+    else:
+        # torchvision compares the float32 IoU with the threshold as a double
+        thr = _float32_below(cfg.iou_thr) if cfg.method == "hard" else cfg.iou_thr
+        # priority within a group: score (descending), then position
+        prio = _score_key(groups, score).argsort(stable=True)
+        kept = _greedy_nms(cand_boxes[prio], groups[prio], thr, cfg.method == "diou")
+        keep = torch.zeros_like(kept).index_put_((prio,), kept).nonzero().squeeze(1)
+    keep = keep[_top_per_image(img[keep], score[keep], cfg.max_det, num_images)]  # by image, score
+    img, label, score, cand_boxes = img[keep], label[keep], score[keep], cand_boxes[keep]
+    counts = torch.bincount(img, minlength=num_images).tolist()
     parts = zip(cand_boxes.split(counts), score.split(counts), label.split(counts), strict=True)
     return [Detections(*part) for part in parts]
 
 
 @NMS.register()
 class MultiClassNMS(nn.Module):
-    """Module form of :func:`multiclass_nms`, built from config:
+    """:func:`multiclass_nms` with its settings fixed, built from config:
     ``NMS.build({"type": "MultiClassNMS", "iou_thr": 0.7})``; called as ``nms(boxes, scores)``.
+    Keyword arguments: those of :class:`NMSSettings`.
     """
 
-    def __init__(
-        self,
-        score_thr: float = 0.05,
-        iou_thr: float = 0.6,
-        max_det: int = 100,
-        pre_nms_topk: int = 1000,
-        multi_label: bool = True,
-        class_agnostic: bool = False,
-        method: str = "hard",
-        sigma: float = 0.5,
-    ) -> None:
+    def __init__(self, **settings: object) -> None:
         super().__init__()
-        _check_params(score_thr, iou_thr, max_det, pre_nms_topk, method, sigma)
-        self.score_thr = score_thr
-        self.iou_thr = iou_thr
-        self.max_det = max_det
-        self.pre_nms_topk = pre_nms_topk
-        self.multi_label = multi_label
-        self.class_agnostic = class_agnostic
-        self.method = method
-        self.sigma = sigma
+        self.settings = NMSSettings(**settings)
 
     def forward(self, boxes: torch.Tensor, scores: torch.Tensor) -> list[Detections]:
-        return multiclass_nms(boxes, scores, **self._kwargs())
-
-    def _kwargs(self) -> dict:
-        return {
-            "score_thr": self.score_thr,
-            "iou_thr": self.iou_thr,
-            "max_det": self.max_det,
-            "pre_nms_topk": self.pre_nms_topk,
-            "multi_label": self.multi_label,
-            "class_agnostic": self.class_agnostic,
-            "method": self.method,
-            "sigma": self.sigma,
-        }
+        return multiclass_nms(boxes, scores, **dataclasses.asdict(self.settings))
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self._kwargs().items())
+        return ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(self.settings).items())

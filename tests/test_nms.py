@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 
-import detlosses.nms
 from detlosses.nms import Detections, MultiClassNMS, multiclass_nms
 from detlosses.registry import NMS
 
@@ -138,6 +138,8 @@ HARD_CASES = [
     (0.05, 0.6, 100, 1000, True, True),
     (0.2, 0.45, 30, 100, False, True),
     (0.9, 0.7, 300, 10_000, True, False),
+    (0.5, 0.0, 1000, 1000, True, False),  # any overlap suppresses
+    (0.5, 1.0, 1000, 1000, False, False),  # nothing suppresses
 ]
 
 
@@ -161,24 +163,23 @@ def test_hard_equals_per_image_torchvision(case, seed):
     assert any(len(d.scores) for d in ours)
 
 
-@pytest.mark.parametrize("max_det", [100, 1000])  # images cut at max_det, or not
-@pytest.mark.parametrize("call_size", [1, 500, 100_000])
-def test_hard_result_does_not_depend_on_how_images_are_packed_into_kernel_calls(call_size, max_det, monkeypatch):
-    # Candidates per image: 310, 147, 283, 318, 0, 291. call_size 1: one torchvision call per
-    # image; 500: images 0 + 1, 2, 3 + 4, 5; 100_000: the whole batch in one call.
-    monkeypatch.setattr(detlosses.nms, "_NMS_CALL_SIZE", call_size)
-    boxes, scores = random_batch(5, B=6)
-    scores[1] *= 0.9
-    scores[4] = 0.0
-    args = (0.8, 0.5, max_det, 1000, True, False)
-    assert_same(multiclass_nms(boxes, scores, *args), reference_hard(boxes, scores, *args))
+def negative_nan() -> float:
+    nan = torch.tensor(0.0) / torch.tensor(0.0)  # 0/0: the sign bit is set on x86
+    nan = -nan.abs()  # sign bit set on every platform
+    assert nan.view(torch.int32) < 0
+    return nan
 
 
-def test_nan_scores_raise():
+@pytest.mark.parametrize("where", ["scores", "boxes"])
+@pytest.mark.parametrize("bad", ["nan", "-nan", "inf", "-inf"])
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_non_finite_input_raises(where, bad, multi_label):
     boxes, scores = random_batch(0)
-    scores[1, 7, 2] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        multiclass_nms(boxes, scores)
+    value = {"nan": float("nan"), "-nan": negative_nan(), "inf": math.inf, "-inf": -math.inf}[bad]
+    target = scores if where == "scores" else boxes
+    target[1, 7, 2] = value  # one element; below the threshold is no excuse
+    with pytest.raises(ValueError, match=f"{where} must be finite"):
+        multiclass_nms(boxes, scores, multi_label=multi_label)
 
 
 def test_hard_negative_coordinates_keep_groups_apart():
@@ -297,6 +298,15 @@ def test_soft_equals_reference_loop(case, sigma):
     assert any(len(d.scores) for d in ours)
 
 
+def test_soft_with_long_overlap_chains_equals_reference_loop():
+    # 250 boxes in a 100 x 100 px field, two classes: long chains of decays within a group
+    boxes, scores = random_batch(21, B=1, A=250, C=2)
+    args = (0.01, 0.5, 500, 500, True, False)
+    ours = multiclass_nms(boxes, scores, *args, method="soft", sigma=0.5)
+    assert_same(ours, reference(boxes, scores, "soft", *args, sigma=0.5), rtol=1e-5)
+    assert len(ours[0].scores) > 300
+
+
 @pytest.mark.parametrize("case", GREEDY_CASES)
 def test_diou_equals_reference_loop(case):
     score_thr, iou_thr, max_det, pre_nms_topk, multi_label, class_agnostic = case
@@ -360,6 +370,176 @@ def test_bad_input_raises(boxes, scores, kwargs, name):
         multiclass_nms(boxes, scores, **kwargs)
 
 
+# ---------------------------------------------------------------- vs batched_nms: dense, ties, duplicates
+def batched_nms_loop(boxes, scores, score_thr, iou_thr, max_det, pre_nms_topk, multi_label, class_agnostic):
+    """What a user writes: per image, the candidates by definition, then
+    torchvision.ops.batched_nms (one call per class past 1000 boxes, else class offsets)."""
+    out = []
+    for b in range(boxes.shape[0]):
+        bx, sc, lb = reference_candidates(boxes[b], scores[b], score_thr, pre_nms_topk, multi_label)
+        idxs = torch.zeros_like(lb) if class_agnostic else lb
+        keep = torchvision.ops.batched_nms(bx, sc, idxs, iou_thr)[:max_det]
+        out.append((bx[keep], sc[keep], lb[keep]))
+    return out
+
+
+def dense_batch(seed: int, B: int = 2, A: int = 2500, C: int = 3, size: float = 300.0):
+    """Every anchor a candidate (as in epoch 1), ~A / C boxes per class, distinct scores."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(B, A, 2, generator=g) * size
+    wh = torch.rand(B, A, 2, generator=g) * 60 + 4
+    boxes = torch.cat([centres - wh / 2, centres + wh / 2], -1)
+    scores = (torch.randperm(B * A * C, generator=g) + B * A * C).view(B, A, C) / (2 * B * A * C + 1)
+    return boxes, scores
+
+
+DENSE_CASES = [
+    # score_thr, iou_thr, max_det, pre_nms_topk, multi_label, class_agnostic
+    (0.05, 0.6, 100, 30_000, False, False),  # ~830 boxes per class: batched_nms calls per class
+    (0.05, 0.6, 300, 3000, True, False),
+    (0.001, 0.65, 300, 30_000, True, False),  # COCO-evaluation settings: 7500 per image
+    (0.05, 0.5, 100, 2000, False, True),
+]
+
+
+@pytest.mark.parametrize("case", DENSE_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_dense_equals_batched_nms_loop(case, dtype):
+    boxes, scores = dense_batch(1)
+    if dtype == torch.float16:  # boxes exact in fp16 (their float32 value is what NMS sees)
+        boxes = boxes.half()
+    ours = multiclass_nms(boxes, scores, *case)
+    assert_same(ours, batched_nms_loop(boxes.float(), scores, *case))
+    assert all(len(d.scores) == case[2] for d in ours)  # max_det cuts
+
+
+def reference_tied(boxes, scores, score_thr, iou_thr, max_det, pre_nms_topk, multi_label, class_agnostic):
+    """Equal scores ordered by position in (anchor, class) layout: stable sorts, and
+    torchvision's NMS kernel fed that order (its own sort is not stable)."""
+    out = []
+    for b in range(boxes.shape[0]):
+        sc_all = scores[b]
+        if multi_label:
+            anchor, label = (sc_all > score_thr).nonzero(as_tuple=True)  # by position
+            score = sc_all[anchor, label]
+        else:
+            score, label = sc_all.max(1)
+            anchor = (score > score_thr).nonzero().squeeze(1)
+            score, label = score[anchor], label[anchor]
+        top = score.argsort(descending=True, stable=True)[:pre_nms_topk]
+        bx, sc, lb = boxes[b][anchor[top]], score[top], label[top]  # by score, then position
+        groups = torch.zeros_like(lb) if class_agnostic else lb
+        kept = []
+        for g in groups.unique():
+            idx = (groups == g).nonzero().squeeze(1)  # still by score, then position
+            rank = torch.arange(len(idx), 0, -1, dtype=torch.float32)  # distinct: the kernel keeps this order
+            kept.append(idx[torchvision.ops.nms(bx[idx], rank, iou_thr)])
+        keep = torch.cat(kept).sort().values[:max_det]  # back to (score, position) order
+        out.append((bx[keep], sc[keep], lb[keep]))
+    return out
+
+
+@pytest.mark.parametrize("multi_label", [True, False])
+@pytest.mark.parametrize("class_agnostic", [False, True])
+def test_ties_are_broken_by_position(multi_label, class_agnostic):
+    # 4 score levels over 3 x 400 x 4 pairs: ties everywhere, at the pre_nms_topk and max_det
+    # cuts and between overlapping boxes of a group
+    boxes, _ = random_batch(11, A=400, C=4)
+    g = torch.Generator().manual_seed(11)
+    scores = torch.randint(1, 5, (3, 400, 4), generator=g) / 4.0
+    args = (0.3, 0.5, 60, 250, multi_label, class_agnostic)
+    ours = multiclass_nms(boxes, scores, *args)
+    assert_same(ours, reference_tied(boxes, scores, *args))
+    assert all(len(d.scores) == 60 for d in ours)  # max_det cuts (4 score levels: among equal scores)
+
+
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_exact_duplicates_keep_one(multi_label):
+    boxes, scores = random_batch(12, A=200)
+    boxes, scores = torch.cat([boxes, boxes], 1), torch.cat([scores, scores], 1)  # every box twice
+    args = (0.1, 0.5, 1000, 1000, multi_label, False)
+    ours = multiclass_nms(boxes, scores, *args)
+    assert_same(ours, batched_nms_loop(boxes, scores, *args))
+    for det in ours:  # no box kept twice
+        assert len(det.scores.unique()) == len(det.scores)
+
+
+def test_single_class():
+    boxes, scores = dense_batch(2, C=1)
+    for case in [(0.05, 0.6, 100, 30_000, True, False), (0.05, 0.6, 5000, 1000, False, False)]:
+        assert_same(multiclass_nms(boxes, scores, *case), batched_nms_loop(boxes, scores, *case))
+
+
+def test_dense_cluster_equals_torchvision(monkeypatch):
+    # 1500 boxes of one class stacked over the same x range (an untrained head's boxes sit
+    # on a grid column): every box overlaps hundreds of others in x, only some in IoU; such
+    # a group goes to torchvision's kernel (counted), the spread boxes of other tests do not
+    g = torch.Generator().manual_seed(13)
+    x1 = 100 + torch.rand(2, 1500, generator=g) * 3
+    y1 = torch.rand(2, 1500, generator=g) * 2000
+    boxes = torch.stack([x1, y1, x1 + 40, y1 + 20 + 40 * torch.rand(2, 1500, generator=g)], -1)
+    scores = (torch.randperm(2 * 1500, generator=g) + 1).view(2, 1500, 1) / 3001
+    calls = []
+    kernel = torchvision.ops.nms
+    monkeypatch.setattr(torchvision.ops, "nms", lambda *a: calls.append(len(a[0])) or kernel(*a))
+    for iou_thr in (0.3, 0.7):
+        args = (0.05, iou_thr, 2000, 2000, True, False)
+        ours = multiclass_nms(boxes, scores, *args)
+        assert len(calls) == 2 and min(calls) > 1000  # one call per (image, class) group
+        calls.clear()
+        assert_same(ours, batched_nms_loop(boxes, scores, *args))
+        calls.clear()
+        assert 20 < len(ours[0].scores) < 1500
+    spread, spread_scores = dense_batch(1, size=3000.0)  # ~4 x-window partners per box
+    multiclass_nms(spread, spread_scores, pre_nms_topk=30_000, multi_label=False)
+    assert calls == []
+
+
+def test_large_coordinates_and_mixed_sizes():
+    boxes, scores = random_batch(14, A=500)
+    boxes = boxes * torch.linspace(1, 200, 500)[None, :, None] + 1e4  # 1e4 .. 3e4 px, tiny to huge
+    args = (0.05, 0.5, 1000, 3000, True, False)
+    assert_same(multiclass_nms(boxes, scores, *args), batched_nms_loop(boxes, scores, *args))
+
+
+# ---------------------------------------------------------------- integer-like and huge counts
+@pytest.mark.parametrize(
+    "max_det", [np.int64(7), np.int32(7), torch.tensor(7), torch.tensor(7, dtype=torch.int32)]
+)
+def test_integer_like_counts_are_accepted(max_det):
+    boxes, scores = random_batch(15)
+    ours = multiclass_nms(boxes, scores, max_det=max_det, pre_nms_topk=np.int64(1000))
+    assert_same(ours, reference_hard(boxes, scores, 0.05, 0.6, 7, 1000, True, False))
+    assert all(type(d) is Detections for d in ours)
+
+
+@pytest.mark.parametrize("name", ["max_det", "pre_nms_topk"])
+def test_huge_counts_mean_no_limit(name):
+    boxes, scores = random_batch(16)
+    ours = multiclass_nms(boxes, scores, **{name: 2**64})
+    limits = {"max_det": 10**9, "pre_nms_topk": 10**9}
+    limits.pop("max_det" if name == "pre_nms_topk" else "pre_nms_topk")
+    kwargs = {"max_det": 100, "pre_nms_topk": 1000, **limits}
+    assert_same(ours, reference_hard(boxes, scores, 0.05, 0.6, kwargs["max_det"], kwargs["pre_nms_topk"], True, False))
+
+
+@pytest.mark.parametrize("value", [np.float64(100.0), 100.0, True, "100", torch.tensor(100.0), torch.tensor([1, 2])])
+@pytest.mark.parametrize("name", ["max_det", "pre_nms_topk"])
+def test_non_integer_counts_raise(name, value):
+    boxes, scores = random_batch(0)
+    with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
+        multiclass_nms(boxes, scores, **{name: value})
+
+
+def test_numpy_and_torch_thresholds_are_accepted():
+    boxes, scores = random_batch(17)
+    ours = multiclass_nms(boxes, scores, score_thr=np.float32(0.25), iou_thr=torch.tensor(0.5))
+    assert_same(ours, reference_hard(boxes, scores, float(np.float32(0.25)), 0.5, 100, 1000, True, False))
+    for bad in ("0.5", None, float("nan")):
+        with pytest.raises(ValueError, match="iou_thr"):
+            multiclass_nms(boxes, scores, iou_thr=bad)
+
+
 # ---------------------------------------------------------------- registry
 def test_registry_build():
     assert "MultiClassNMS" in NMS.names()
@@ -371,3 +551,7 @@ def test_registry_build():
         NMS.build({"type": "MultiClassNMS", "method": "fast"})
     with pytest.raises(TypeError, match="iou_threshold"):
         NMS.build({"type": "MultiClassNMS", "iou_threshold": 0.5})
+    settings = {"score_thr": 0.2, "iou_thr": 0.45, "max_det": np.int64(30), "pre_nms_topk": 100,
+                "multi_label": False, "class_agnostic": True, "method": "hard"}
+    nms = NMS.build({"type": "MultiClassNMS", **settings})
+    assert_same(nms(boxes, scores), reference_hard(boxes, scores, 0.2, 0.45, 30, 100, False, True))
