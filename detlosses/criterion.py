@@ -225,8 +225,13 @@ class DetectionCriterion(nn.Module):
         with torch.no_grad():
             pred_scores = cls_logits.detach().float().sigmoid()  # (B, A, C)
             assigned = self.active_assigner(
-                pred_scores, box_preds.detach().float(), anchor_points.float(),
-                gt_labels, gt_bboxes, gt_mask, strides=strides.float(),
+                pred_scores,
+                box_preds.detach().float(),
+                anchor_points.float(),
+                gt_labels,
+                gt_bboxes,
+                gt_mask,
+                strides=strides.float(),
             )
         fg_mask = assigned.fg_mask  # (B, A)
         num_pos = fg_mask.sum()
@@ -266,9 +271,7 @@ class DetectionCriterion(nn.Module):
             # Mean over the four sides, weighted per positive, normalised like the box loss.
             loss_dfl = self.dfl_loss(dist_logits, dist_targets, weight=box_weight, avg_factor=4.0 * box_avg)
 
-        total = (
-            self.weights["cls"] * loss_cls + self.weights["box"] * loss_box + self.weights["dfl"] * loss_dfl
-        )
+        total = self.weights["cls"] * loss_cls + self.weights["box"] * loss_box + self.weights["dfl"] * loss_dfl
         return {
             "loss": total,
             "loss_cls": loss_cls.detach(),

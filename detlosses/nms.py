@@ -263,17 +263,17 @@ def _suppression_edges(
     boxes: torch.Tensor, groups: torch.Tensor, iou_thr: float, diou: bool = False, keep_all_groups: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every pair (p, q), p < q, of boxes of the same group whose IoU (DIoU if ``diou``)
-    is > ``iou_thr``, as index tensors (E,), and the groups left to torchvision's kernel
-    (bool (num groups,); none for DIoU or with ``keep_all_groups``).
+        is > ``iou_thr``, as index tensors (E,), and the groups left to torchvision's kernel
+        (bool (num groups,); none for DIoU or with ``keep_all_groups``).
 
-    Only pairs that can overlap by more than ``iou_thr`` are looked at: IoU > t needs an
-    x-overlap > t * max(w_p, w_q), so with the group's boxes sorted by x1 the partners of p
-    are the next boxes with x1 < x2_p - t * w_p (counted by one ``searchsorted``; the bound
-    is loosened by a margin that covers float rounding, the exact test decides). Their IoUs
-    are computed for boxes with similar numbers of partners together, each against its next
-(group's most) partners, read as strided windows of the x-sorted columns. DIoU <= IoU
-    (box_iou's, up to rounding), so DIoU pairs are the IoU pairs above t - 1e-5 that pass
-    box_iou's DIoU test.
+        Only pairs that can overlap by more than ``iou_thr`` are looked at: IoU > t needs an
+        x-overlap > t * max(w_p, w_q), so with the group's boxes sorted by x1 the partners of p
+        are the next boxes with x1 < x2_p - t * w_p (counted by one ``searchsorted``; the bound
+        is loosened by a margin that covers float rounding, the exact test decides). Their IoUs
+        are computed for boxes with similar numbers of partners together, each against its next
+    (group's most) partners, read as strided windows of the x-sorted columns. DIoU <= IoU
+        (box_iou's, up to rounding), so DIoU pairs are the IoU pairs above t - 1e-5 that pass
+        box_iou's DIoU test.
     """
     num = groups.numel()
     keys = groups << 32 | _ordered_bits(boxes[:, 0])

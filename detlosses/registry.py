@@ -86,9 +86,7 @@ class Registry:
         if name not in self._entries:
             close = difflib.get_close_matches(name, self._entries, n=3, cutoff=0.5)
             hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise KeyError(
-                f"{name!r} is not registered in {self.name}{hint} (registered: {', '.join(self.names())})"
-            )
+            raise KeyError(f"{name!r} is not registered in {self.name}{hint} (registered: {', '.join(self.names())})")
         return self._entries[name]
 
     def build(self, cfg: str | Mapping[str, Any] | Any, **defaults: Any) -> Any:

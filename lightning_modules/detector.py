@@ -50,9 +50,7 @@ _VALIDATION_GUESS = 1.2  # ... taking validation as 20 % of an epoch until one i
 DEFAULT_NMS = {"type": "MultiClassNMS", "score_thr": 0.01, "iou_thr": 0.6, "max_det": 100, "pre_nms_topk": 1000}
 
 
-def build_criterion(
-    criterion: str | Mapping[str, Any], num_classes: int, reg_max: int
-) -> DetectionCriterion:
+def build_criterion(criterion: str | Mapping[str, Any], num_classes: int, reg_max: int) -> DetectionCriterion:
     """A ``DetectionCriterion`` from a recipe name or a config dict.
 
     A dict with a ``"recipe"`` key overrides that recipe's components
@@ -221,7 +219,8 @@ class OneStageDetector(pl.LightningModule):
             )
         self.log_dict(
             {f"train/{k}": v.float() for k, v in losses.items()},
-            batch_size=len(images), prog_bar=False,
+            batch_size=len(images),
+            prog_bar=False,
         )
         self.log("loss", loss.detach(), batch_size=len(images), prog_bar=True, logger=False)
         return loss
@@ -324,9 +323,7 @@ class OneStageDetector(pl.LightningModule):
         images, targets = batch
         out = self.model(images)
         losses = self._losses(out, targets)
-        self.log_dict(
-            {f"val/{k}": v.float() for k, v in losses.items()}, batch_size=len(images), sync_dist=True
-        )
+        self.log_dict({f"val/{k}": v.float() for k, v in losses.items()}, batch_size=len(images), sync_dist=True)
         dets, dropped = self.detect(out, targets)
         self.log("val/dropped_boxes", float(dropped), reduce_fx="sum", batch_size=len(images), sync_dist=True)
         for det, target in zip(dets, targets, strict=True):

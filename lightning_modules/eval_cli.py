@@ -78,12 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     model.add_argument("--save-dir", metavar="DIR", type=Path, help="where results, report and drawings go")
     model.add_argument("--num-vis", type=int, default=8, help="images drawn with their boxes (0: none)")
-    parser.add_argument(
-        "--out", metavar="REPORT", type=Path, help='write {"stats", "per_class"} json here'
-    )
-    parser.add_argument(
-        "--plots", metavar="DIR", type=Path, help="write precision-recall curves (PNG) here"
-    )
+    parser.add_argument("--out", metavar="REPORT", type=Path, help='write {"stats", "per_class"} json here')
+    parser.add_argument("--plots", metavar="DIR", type=Path, help="write precision-recall curves (PNG) here")
     parser.add_argument("--backend", choices=BACKENDS, default="pycocotools")
     parser.add_argument(
         "--drop-invalid",

@@ -185,10 +185,7 @@ def _render_image(
             y = int(rng.integers(0, size - h + 1))
             window = owner[y : y + h, x : x + w]
             hidden = np.bincount(window[mask] + 1, minlength=len(objects) + 1)[1:]
-            if all(
-                v - c >= min_visible * o["area"]
-                for v, c, o in zip(visible, hidden, objects, strict=True)
-            ):
+            if all(v - c >= min_visible * o["area"] for v, c, o in zip(visible, hidden, objects, strict=True)):
                 break
         else:
             continue  # no placement keeps the others visible enough: skip this object
@@ -204,9 +201,7 @@ def _render_image(
     return np.clip(image, 0, 255).astype(np.uint8), objects
 
 
-def _write_split(
-    out_dir: str, split: str, num_images: int, image_size: int, seed: int, options: dict
-) -> str:
+def _write_split(out_dir: str, split: str, num_images: int, image_size: int, seed: int, options: dict) -> str:
     image_dir = os.path.join(out_dir, split)
     os.makedirs(image_dir, exist_ok=True)
     images, annotations = [], []
@@ -214,13 +209,9 @@ def _write_split(
         rng = np.random.default_rng([seed, _SPLIT_CODES[split], index])
         pixels, objects = _render_image(rng, image_size, **options)
         file_name = f"{index:06d}.jpg"
-        Image.fromarray(pixels, "RGB").save(
-            os.path.join(image_dir, file_name), quality=95, subsampling=0
-        )
+        Image.fromarray(pixels, "RGB").save(os.path.join(image_dir, file_name), quality=95, subsampling=0)
         image_id = index + 1
-        images.append(
-            {"id": image_id, "file_name": file_name, "width": image_size, "height": image_size}
-        )
+        images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size})
         for obj in objects:
             annotations.append(
                 {
@@ -288,9 +279,7 @@ def make_shapes(
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"size_range must satisfy 0 < min <= max <= 1, got {size_range}")
     if not 0 <= empty_fraction <= 1 or not 0 <= min_visible <= 1:
-        raise ValueError(
-            f"empty_fraction and min_visible must be in [0, 1], got {empty_fraction}, {min_visible}"
-        )
+        raise ValueError(f"empty_fraction and min_visible must be in [0, 1], got {empty_fraction}, {min_visible}")
     os.makedirs(os.path.join(out_dir, "annotations"), exist_ok=True)
     options = {
         "max_objects": max_objects,

@@ -254,4 +254,3 @@ def dense_task_aligned(
     bboxes = torch.where(fg[..., None], gt_bboxes.gather(1, winner[..., None].expand(b, a, 4)), 0.0)
     scores = torch.zeros(b, a, c + 1).scatter_(2, labels[..., None], quality[..., None])[..., :c]
     return AssignResult(labels, bboxes, scores, fg, torch.where(fg, winner, 0))
-

@@ -97,9 +97,7 @@ def reference_tal(ps, pb, points, gl, gb, gm, topk=13, alpha=1.0, beta=6.0, eps=
     return _fill(b, a, c, holdings, gl, gb.float())
 
 
-def reference_atss(
-    ps, pb, points, gl, gb, gm, strides, topk=9, octave_base_scale=8.0, eps=1e-9, resolve="claimants"
-):
+def reference_atss(ps, pb, points, gl, gb, gm, strides, topk=9, octave_base_scale=8.0, eps=1e-9, resolve="claimants"):
     b, a, c = ps.shape
     half = (octave_base_scale * strides / 2)[:, None]
     anchor_boxes = torch.cat([points - half, points + half], 1)

@@ -35,11 +35,26 @@ def shapes(tmp_path_factory):
 
 def _args(shapes, out: Path, *extra: str) -> list[str]:
     return [
-        "--config", CONFIG,
-        "--data.train_ann", shapes["train_ann"], "--data.train_images", shapes["train_images"],
-        "--data.val_ann", shapes["val_ann"], "--data.val_images", shapes["val_images"],
-        "--data.image_size", "64", "--data.batch_size", "4", "--data.num_workers", "0",
-        "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false",
+        "--config",
+        CONFIG,
+        "--data.train_ann",
+        shapes["train_ann"],
+        "--data.train_images",
+        shapes["train_images"],
+        "--data.val_ann",
+        shapes["val_ann"],
+        "--data.val_images",
+        shapes["val_images"],
+        "--data.image_size",
+        "64",
+        "--data.batch_size",
+        "4",
+        "--data.num_workers",
+        "0",
+        "--trainer.default_root_dir",
+        str(out),
+        "--trainer.enable_progress_bar",
+        "false",
         *extra,
     ]
 
@@ -47,7 +62,11 @@ def _args(shapes, out: Path, *extra: str) -> list[str]:
 def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools" / "train.py"), *args],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
@@ -102,7 +121,11 @@ def test_resume_after_sigkill(shapes, tmp_path, monkeypatch):
     args = _args(shapes, out, "--config", str(ema_now), "--trainer.max_epochs", "40")
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "tools" / "train.py"), "fit", *args],
-        cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         ckpt = _wait_for_checkpoint(proc, out / "checkpoints" / "last.ckpt")
@@ -122,13 +145,19 @@ def test_resume_after_sigkill(shapes, tmp_path, monkeypatch):
     def probe(self):
         trainer = self.trainer
         ema = next(cb for cb in trainer.callbacks if type(cb).__name__ == "EMAWeightAveraging")
-        seen.update(copy.deepcopy({  # state_dict()s hold live tensors that training goes on to change
-            "epoch": trainer.current_epoch, "global_step": trainer.global_step,
-            "optimizer": trainer.optimizers[0].state_dict(),
-            "scheduler": trainer.lr_scheduler_configs[0].scheduler.state_dict(),
-            "ema": ema._average_model.state_dict(), "ema_step": ema._latest_update_step,
-            "weights": self.state_dict(),
-        }))
+        seen.update(
+            copy.deepcopy(
+                {  # state_dict()s hold live tensors that training goes on to change
+                    "epoch": trainer.current_epoch,
+                    "global_step": trainer.global_step,
+                    "optimizer": trainer.optimizers[0].state_dict(),
+                    "scheduler": trainer.lr_scheduler_configs[0].scheduler.state_dict(),
+                    "ema": ema._average_model.state_dict(),
+                    "ema_step": ema._latest_update_step,
+                    "weights": self.state_dict(),
+                }
+            )
+        )
 
     monkeypatch.setattr(OneStageDetector, "on_train_start", probe)
     resumed_epochs = ckpt["epoch"] + 2
@@ -259,6 +288,8 @@ def test_two_epoch_mode_runs_are_identical(shapes, tmp_path):
     assert a["global_step"] == b["global_step"] == 4
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
-    ap = [next(v for k, v in run["callbacks"].items() if "ModelCheckpoint" in k and v.get("current_score") is not None)
-          for run in runs]
+    ap = [
+        next(v for k, v in run["callbacks"].items() if "ModelCheckpoint" in k and v.get("current_score") is not None)
+        for run in runs
+    ]
     assert ap[0]["current_score"] == ap[1]["current_score"]

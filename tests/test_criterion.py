@@ -45,8 +45,9 @@ def make_inputs(seed=0, batch=2, num_classes=3):
 def hand_combined(crit, recipe, cls_logits, box_preds, dist_logits, points, strides, targets):
     """The recipe's total written out with torch / torchvision primitives, not our modules."""
     gt_labels, gt_bboxes, gt_mask = pad_targets(targets, crit.num_classes, cls_logits.device)
-    res = crit.assigner(cls_logits.detach().sigmoid(), box_preds.detach(), points, gt_labels, gt_bboxes, gt_mask,
-                        strides=strides)
+    res = crit.assigner(
+        cls_logits.detach().sigmoid(), box_preds.detach(), points, gt_labels, gt_bboxes, gt_mask, strides=strides
+    )
     fg, t = res.fg_mask, res.scores
     x, p = cls_logits, cls_logits.sigmoid()
     bce = tnf.binary_cross_entropy_with_logits(x, t, reduction="none")
@@ -106,10 +107,14 @@ def test_tood_warmup_phase_by_epoch():
     crit = DetectionCriterion.from_recipe("tood", 3, reg_max=REG_MAX, warmup_epochs=2)
     # the warm-up written out as a steady-state criterion: mmdetection's ATSS epochs
     atss = DetectionCriterion.from_recipe(
-        "tood", 3, reg_max=REG_MAX,
+        "tood",
+        3,
+        reg_max=REG_MAX,
         assigner={"type": "ATSSAssigner", "topk": 9, "inside_margin": 0.01},
         cls_loss={"type": "FocalLoss", "alpha": 0.25, "gamma": 2.0},
-        cls_target="onehot", cls_normalizer="num_pos", box_weighting="centerness",
+        cls_target="onehot",
+        cls_normalizer="num_pos",
+        box_weighting="centerness",
     )
     tal = DetectionCriterion.from_recipe("tood", 3, reg_max=REG_MAX)
     assert not torch.allclose(atss(*inputs)["loss"], tal(*inputs)["loss"])  # the two differ here
@@ -126,8 +131,9 @@ def test_warmup_by_hand_focal_onehot_and_centerness():
     crit = DetectionCriterion.from_recipe("tood", 3, reg_max=REG_MAX, warmup_epochs=1)
     out = crit(cls_logits, box_preds, dist_logits, points, strides, targets)  # epoch 0: warm-up
     gt_labels, gt_bboxes, gt_mask = pad_targets(targets, 3, cls_logits.device)
-    res = crit.active_assigner(cls_logits.detach().sigmoid(), box_preds.detach(), points, gt_labels, gt_bboxes,
-                               gt_mask, strides=strides)
+    res = crit.active_assigner(
+        cls_logits.detach().sigmoid(), box_preds.detach(), points, gt_labels, gt_bboxes, gt_mask, strides=strides
+    )
     fg = res.fg_mask
     onehot = tnf.one_hot(res.labels, 4)[..., :3].float()
     focal = torchvision.ops.sigmoid_focal_loss(cls_logits, onehot, alpha=0.25, gamma=2.0, reduction="sum")
@@ -175,8 +181,9 @@ def test_gfl_normaliser_and_dfl_clamp_by_hand():
     crit = DetectionCriterion.from_recipe("gfl", 3, reg_max=REG_MAX)
     out = crit(cls_logits, box_preds, dist_logits, points, strides, targets)
     gt_labels, gt_bboxes, gt_mask = pad_targets(targets, 3, cls_logits.device)
-    res = crit.assigner(cls_logits.detach().sigmoid(), box_preds.detach(), points, gt_labels, gt_bboxes, gt_mask,
-                        strides=strides)
+    res = crit.assigner(
+        cls_logits.detach().sigmoid(), box_preds.detach(), points, gt_labels, gt_bboxes, gt_mask, strides=strides
+    )
     fg, t, p = res.fg_mask, res.scores, cls_logits.sigmoid()
     qfl = (tnf.binary_cross_entropy_with_logits(cls_logits, t, reduction="none") * (t - p).abs() ** 2).sum()
     per_image = fg.sum(1).clamp(min=1).sum()  # image 1 counts 1
@@ -208,9 +215,12 @@ def test_no_ground_truth_gives_finite_loss_with_gradient():
 
 def test_pad_targets():
     labels, boxes, mask = pad_targets(
-        [{"boxes": torch.ones(2, 4), "labels": torch.tensor([1, 0])},
-         {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}],
-        num_classes=2, device=torch.device("cpu"),
+        [
+            {"boxes": torch.ones(2, 4), "labels": torch.tensor([1, 0])},
+            {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
+        ],
+        num_classes=2,
+        device=torch.device("cpu"),
     )
     assert labels.tolist() == [[1, 0], [0, 0]] and mask.tolist() == [[True, True], [False, False]]
     assert boxes.shape == (2, 2, 4) and boxes[1].abs().sum() == 0

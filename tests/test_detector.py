@@ -28,15 +28,25 @@ def shapes(tmp_path_factory):
 
 def _datamodule(shapes, image_size: int = IMAGE_SIZE) -> COCODataModule:
     return COCODataModule(
-        shapes["train_ann"], shapes["train_images"], shapes["val_ann"], shapes["val_images"],
-        image_size=image_size, batch_size=4, num_workers=0,
+        shapes["train_ann"],
+        shapes["train_images"],
+        shapes["val_ann"],
+        shapes["val_images"],
+        image_size=image_size,
+        batch_size=4,
+        num_workers=0,
     )
 
 
 def _trainer(**kwargs) -> pl.Trainer:
     options = {
-        "accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
-        "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
     }
     return pl.Trainer(**{**options, **kwargs})
 
@@ -57,7 +67,8 @@ def test_build_criterion_forms():
     assert type(override.assigner).__name__ == "ATSSAssigner" and override.reg_max == 8
     full = build_criterion(
         {"assigner": "TaskAlignedAssigner", "cls_loss": "VarifocalLoss", "box_loss": "CIoULoss", "dfl_loss": None},
-        3, 16,
+        3,
+        16,
     )
     assert type(full.cls_loss).__name__ == "VarifocalLoss" and full.dfl_loss is None
     with pytest.raises(ValueError, match="num_classes"):

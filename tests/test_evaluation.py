@@ -182,9 +182,7 @@ def test_empty_predictions_give_zero(coco_gt, backend):
         coco_gt.loadRes([])
     report = coco_evaluate(GT, [], backend=backend)
     assert report.stats == dict.fromkeys(STAT_NAMES, 0.0)
-    with_gt = {
-        coco_gt.cats[cid]["name"] for cid in coco_gt.getCatIds() if coco_gt.getAnnIds(catIds=[cid])
-    }
+    with_gt = {coco_gt.cats[cid]["name"] for cid in coco_gt.getCatIds() if coco_gt.getAnnIds(catIds=[cid])}
     for name, row in report.per_class.items():
         assert row["AP"] == (0.0 if name in with_gt else -1.0)
 
@@ -246,9 +244,7 @@ def _run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 def test_cli_rejects_each_bad_entry_kind(tmp_path, results, capsys, kind):
     bad, reason = BAD_ENTRIES[kind]
     path = tmp_path / "results.json"
-    path.write_text(
-        json.dumps(_with_bad(results, bad, (3, 10, 500)))
-    )  # NaN/inf as JSON NaN/Infinity
+    path.write_text(json.dumps(_with_bad(results, bad, (3, 10, 500))))  # NaN/inf as JSON NaN/Infinity
     code, out, err = _run_cli(["--gt", GT, "--pred", path], capsys)
     assert code == 2 and out == ""
     assert "3 of 734 prediction entries are invalid" in err
@@ -261,9 +257,7 @@ def test_cli_rejects_each_bad_entry_kind(tmp_path, results, capsys, kind):
 def test_library_error_lists_first_five(results):
     positions = (0, 1, 2, 3, 4, 5, 6)
     entries = _with_bad(results, BAD_ENTRIES["score_nan"][0], positions)
-    with pytest.raises(
-        InvalidPredictionsError, match=r"7 of 734 prediction entries are invalid"
-    ) as info:
+    with pytest.raises(InvalidPredictionsError, match=r"7 of 734 prediction entries are invalid") as info:
         coco_evaluate(GT, entries)
     message = str(info.value)
     assert "entry 4: score" in message and "entry 5:" not in message and "... and 2 more" in message
@@ -350,9 +344,7 @@ def test_wrapper_script_runs_in_a_subprocess(tmp_path, results):
         cwd=tmp_path,  # not the repo: the wrapper must find the package itself
     )
     assert run.returncode == 2, run.stderr
-    assert (
-        "1 of 734 prediction entries are invalid" in run.stderr and "entry 7: score" in run.stderr
-    )
+    assert "1 of 734 prediction entries are invalid" in run.stderr and "entry 7: score" in run.stderr
     assert "Traceback" not in run.stderr
 
 
@@ -371,9 +363,7 @@ def test_plots_are_valid_pngs(tmp_path, results, capsys):
     gt_path, pred_path = tmp_path / "gt.json", tmp_path / "results.json"
     gt_path.write_text(json.dumps(dataset))
     pred_path.write_text(json.dumps([r for r in results if r["category_id"] in keep]))
-    code, out, _ = _run_cli(
-        ["--gt", gt_path, "--pred", pred_path, "--plots", tmp_path / "plots"], capsys
-    )
+    code, out, _ = _run_cli(["--gt", gt_path, "--pred", pred_path, "--plots", tmp_path / "plots"], capsys)
     assert code == 0 and "Wrote 3 precision-recall plots" in out
     names = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert names == ["pr_1_person.png", "pr_3_car.png", "pr_all.png"]
@@ -557,7 +547,8 @@ def test_column_checks_agree_with_the_per_entry_rules(results):
     plain = [bad.get(i, entry) for i, entry in enumerate(results)]
     unusual = [
         {**entry, "bbox": tuple(np.float32(v) for v in entry["bbox"]), "image_id": float(entry["image_id"])}
-        if i not in bad else entry
+        if i not in bad
+        else entry
         for i, entry in enumerate(plain)
     ]
     fast, fast_problems = validate_predictions(plain, GT)

@@ -149,8 +149,7 @@ def _confusion_case() -> tuple[dict, list[dict]]:
             {"id": 1, "image_id": 1, "category_id": 1, "bbox": A, "area": 100.0, "iscrowd": 0},
             {"id": 2, "image_id": 1, "category_id": 2, "bbox": B, "area": 100.0, "iscrowd": 0},
             {"id": 3, "image_id": 1, "category_id": 1, "bbox": C, "area": 100.0, "iscrowd": 0},
-            {"id": 4, "image_id": 1, "category_id": 1, "bbox": [0.0, 50.0, 100.0, 50.0], "area": 5000.0,
-             "iscrowd": 1},
+            {"id": 4, "image_id": 1, "category_id": 1, "bbox": [0.0, 50.0, 100.0, 50.0], "area": 5000.0, "iscrowd": 1},
             {"id": 5, "image_id": 2, "category_id": 2, "bbox": [0.0, 0.0, 20.0, 20.0], "area": 400.0, "iscrowd": 0},
         ],
     }
@@ -170,16 +169,22 @@ def test_confusion_matrix_counts_by_hand():
     matrix = confusion_matrix(load_ground_truth(dataset), results, iou_thr=0.5, score_thr=0.25)
     assert matrix.classes == ["cat", "dog", "background"]
     #                 predicted: cat dog bg
-    assert matrix.matrix.tolist() == [[1, 0, 1],  # ground truth cat
-                                      [1, 0, 1],  # ground truth dog
-                                      [0, 2, 0]]  # background
+    assert matrix.matrix.tolist() == [
+        [1, 0, 1],  # ground truth cat
+        [1, 0, 1],  # ground truth dog
+        [0, 2, 0],
+    ]  # background
     lower = confusion_matrix(load_ground_truth(dataset), results, iou_thr=0.5, score_thr=0.05)
     assert lower.matrix.tolist() == [[2, 0, 0], [1, 0, 1], [0, 2, 0]]  # C now found
     # pairs go by IoU, not by score: at IoU 0.9 the dog detection on B (IoU 0.82) pairs nothing
     strict = confusion_matrix(load_ground_truth(dataset), results, iou_thr=0.9, score_thr=0.25)
     assert strict.matrix.tolist() == [[1, 0, 1], [1, 0, 1], [0, 2, 0]]
-    assert strict.to_dict() == {"classes": ["cat", "dog", "background"], "matrix": strict.matrix.tolist(),
-                                "iou_thr": 0.9, "score_thr": 0.25}
+    assert strict.to_dict() == {
+        "classes": ["cat", "dog", "background"],
+        "matrix": strict.matrix.tolist(),
+        "iou_thr": 0.9,
+        "score_thr": 0.25,
+    }
 
 
 def test_confusion_matrix_png(tmp_path, capsys):
@@ -195,11 +200,13 @@ def test_confusion_matrix_png(tmp_path, capsys):
 def test_best_f1_threshold_by_hand():
     # one class, 4 boxes; detections by score: hit, miss, hit, hit, miss
     boxes = [[float(20 * i), 0.0, 10.0, 10.0] for i in range(4)]
-    dataset = load_ground_truth({
-        "images": [{"id": 1}],
-        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
-        "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b} for i, b in enumerate(boxes)],
-    })
+    dataset = load_ground_truth(
+        {
+            "images": [{"id": 1}],
+            "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+            "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b} for i, b in enumerate(boxes)],
+        }
+    )
     far = [150.0, 150.0, 10.0, 10.0]
     dets = [(boxes[0], 0.9), (far, 0.8), (boxes[1], 0.7), (boxes[2], 0.6), (far, 0.5)]
     results = [{"image_id": 1, "category_id": 1, "bbox": b, "score": s} for b, s in dets]

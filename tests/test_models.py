@@ -47,9 +47,7 @@ def test_output_shapes(size: str, head: str) -> None:
         ((64, 64), (16, 32), 16 + 4),  # 4*4 + 2*2
     ],
 )
-def test_other_sizes_and_strides(
-    hw: tuple[int, int], strides: tuple[int, ...], expected_a: int
-) -> None:
+def test_other_sizes_and_strides(hw: tuple[int, int], strides: tuple[int, ...], expected_a: int) -> None:
     model = DenseDetectorModel(NUM_CLASSES, head="decoupled", strides=strides)
     # batch 2: train-mode BatchNorm needs more than one value per channel at 1x1 levels
     out = model(torch.rand(2, 3, *hw))
@@ -104,9 +102,7 @@ def test_box_preds_are_integral_of_distributions(head: str) -> None:
     bins = torch.arange(reg_max + 1, dtype=torch.float32)
     dist = (probs @ bins) * out.strides[:, None]  # (B, A, 4) sides l, t, r, b in pixels
     x, y = out.anchor_points[:, 0], out.anchor_points[:, 1]
-    expected = torch.stack(
-        [x - dist[..., 0], y - dist[..., 1], x + dist[..., 2], y + dist[..., 3]], dim=-1
-    )
+    expected = torch.stack([x - dist[..., 0], y - dist[..., 1], x + dist[..., 2], y + dist[..., 3]], dim=-1)
     torch.testing.assert_close(out.box_preds, expected, rtol=1e-5, atol=1e-4)
     assert dist.std() > 0.1  # the perturbation made the distributions differ between anchors
 
@@ -133,11 +129,7 @@ def test_backward_gives_finite_gradients_everywhere(head: str) -> None:
     model = DenseDetectorModel(NUM_CLASSES, head=head)
     _perturb(model, std=0.01)
     out = model(torch.rand(2, 3, 64, 64))
-    loss = (
-        out.cls_logits.sigmoid().sum()
-        + out.box_preds.sum() / 100
-        + out.box_dist_logits.logsumexp(-1).sum()
-    )
+    loss = out.cls_logits.sigmoid().sum() + out.box_preds.sum() / 100 + out.box_dist_logits.logsumexp(-1).sum()
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, name
@@ -182,9 +174,7 @@ def test_bf16_autocast_matches_fp32(head: str) -> None:
         assert a.dtype == torch.float32 and torch.isfinite(a).all()
         assert r.shape == a.shape
     # bf16 keeps 8 mantissa bits: probabilities and pixel boxes agree loosely
-    torch.testing.assert_close(
-        amp.cls_logits.sigmoid(), ref.cls_logits.sigmoid(), atol=0.02, rtol=0.0
-    )
+    torch.testing.assert_close(amp.cls_logits.sigmoid(), ref.cls_logits.sigmoid(), atol=0.02, rtol=0.0)
     torch.testing.assert_close(amp.box_preds, ref.box_preds, atol=4.0, rtol=0.0)
 
 

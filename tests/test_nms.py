@@ -503,9 +503,7 @@ def test_large_coordinates_and_mixed_sizes():
 
 
 # ---------------------------------------------------------------- integer-like and huge counts
-@pytest.mark.parametrize(
-    "max_det", [np.int64(7), np.int32(7), torch.tensor(7), torch.tensor(7, dtype=torch.int32)]
-)
+@pytest.mark.parametrize("max_det", [np.int64(7), np.int32(7), torch.tensor(7), torch.tensor(7, dtype=torch.int32)])
 def test_integer_like_counts_are_accepted(max_det):
     boxes, scores = random_batch(15)
     ours = multiclass_nms(boxes, scores, max_det=max_det, pre_nms_topk=np.int64(1000))
@@ -551,7 +549,14 @@ def test_registry_build():
         NMS.build({"type": "MultiClassNMS", "method": "fast"})
     with pytest.raises(TypeError, match="iou_threshold"):
         NMS.build({"type": "MultiClassNMS", "iou_threshold": 0.5})
-    settings = {"score_thr": 0.2, "iou_thr": 0.45, "max_det": np.int64(30), "pre_nms_topk": 100,
-                "multi_label": False, "class_agnostic": True, "method": "hard"}
+    settings = {
+        "score_thr": 0.2,
+        "iou_thr": 0.45,
+        "max_det": np.int64(30),
+        "pre_nms_topk": 100,
+        "multi_label": False,
+        "class_agnostic": True,
+        "method": "hard",
+    }
     nms = NMS.build({"type": "MultiClassNMS", **settings})
     assert_same(nms(boxes, scores), reference_hard(boxes, scores, 0.2, 0.45, 30, 100, False, True))

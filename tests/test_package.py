@@ -147,21 +147,23 @@ def test_each_extra_imports_only_what_it_declares(scenario):
 def test_dependencies_and_extras_as_designed():
     names = {_normalise(Requirement(r).name) for r in PYPROJECT["dependencies"]}
     assert names == {"torch", "torchvision"}
-    extras = {key: {_normalise(r.name) for r in _declared((key,), False)}
-              for key in PYPROJECT["optional-dependencies"]}
+    extras = {key: {_normalise(r.name) for r in _declared((key,), False)} for key in PYPROJECT["optional-dependencies"]}
     assert {"pycocotools", "matplotlib"} <= extras["eval"]
     assert "faster-coco-eval" in extras["fast"]
     assert {"pytorch-lightning", "jsonargparse", "albumentations"} | extras["eval"] <= extras["train"]
     assert extras["all"] == extras["eval"] | extras["fast"] | extras["train"]
-    assert "signatures" in next(Requirement(r) for r in PYPROJECT["optional-dependencies"]["train"]
-                                if r.startswith("jsonargparse")).extras
+    assert (
+        "signatures"
+        in next(
+            Requirement(r) for r in PYPROJECT["optional-dependencies"]["train"] if r.startswith("jsonargparse")
+        ).extras
+    )
 
 
 def test_import_detlosses_needs_only_torch_and_torchvision():
     imported, _ = _imported_distributions(BASE_CODE)  # the same run as the "base" audit above
     assert {"torch", "torchvision"} <= imported
-    for heavy in ("pytorch-lightning", "lightning", "pycocotools", "faster-coco-eval", "albumentations",
-                  "matplotlib"):
+    for heavy in ("pytorch-lightning", "lightning", "pycocotools", "faster-coco-eval", "albumentations", "matplotlib"):
         assert heavy not in imported
 
 
@@ -175,8 +177,19 @@ def test_public_names():
     import detlosses
     from detlosses import functional
 
-    for name in ("LOSSES", "ASSIGNERS", "NMS", "Registry", "DetectionCriterion", "recipes", "functional",
-                 "evaluation", "losses", "assigners", "nms"):
+    for name in (
+        "LOSSES",
+        "ASSIGNERS",
+        "NMS",
+        "Registry",
+        "DetectionCriterion",
+        "recipes",
+        "functional",
+        "evaluation",
+        "losses",
+        "assigners",
+        "nms",
+    ):
         assert hasattr(detlosses, name), name
         assert name in dir(detlosses)
     assert set(detlosses.__all__) <= set(dir(detlosses))
@@ -184,8 +197,14 @@ def test_public_names():
     assert "MultiClassNMS" in detlosses.NMS.names()
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         _ = detlosses.nonexistent
-    for name in ("sigmoid_focal_loss", "quality_focal_loss", "varifocal_loss", "distribution_focal_loss",
-                 "iou_loss", "distribution_integral"):
+    for name in (
+        "sigmoid_focal_loss",
+        "quality_focal_loss",
+        "varifocal_loss",
+        "distribution_focal_loss",
+        "iou_loss",
+        "distribution_integral",
+    ):
         assert callable(getattr(functional, name)), name
 
 

@@ -78,8 +78,16 @@ def test_bad_keyword_names_component_and_argument():
 
 
 def test_public_registries_hold_the_contract_names():
-    for name in ("FocalLoss", "QualityFocalLoss", "VarifocalLoss", "DistributionFocalLoss",
-                 "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss"):
+    for name in (
+        "FocalLoss",
+        "QualityFocalLoss",
+        "VarifocalLoss",
+        "DistributionFocalLoss",
+        "IoULoss",
+        "GIoULoss",
+        "DIoULoss",
+        "CIoULoss",
+    ):
         assert isinstance(detlosses.LOSSES.build(name), nn.Module), name
     assert {"TaskAlignedAssigner", "ATSSAssigner"} <= set(detlosses.ASSIGNERS.names())
     assert "MultiClassNMS" in detlosses.NMS
@@ -88,7 +96,8 @@ def test_public_registries_hold_the_contract_names():
 @pytest.fixture
 def plugin_dir(tmp_path, monkeypatch):
     """A real installed distribution on sys.path advertising two detlosses plugins."""
-    (tmp_path / "good_detlosses_plugin.py").write_text(textwrap.dedent("""
+    (tmp_path / "good_detlosses_plugin.py").write_text(
+        textwrap.dedent("""
         import torch
         from detlosses import LOSSES
 
@@ -96,7 +105,8 @@ def plugin_dir(tmp_path, monkeypatch):
         class PluginL1Loss(torch.nn.Module):
             def forward(self, pred, target):
                 return (pred - target).abs().mean()
-    """))
+    """)
+    )
     (tmp_path / "broken_detlosses_plugin.py").write_text("raise ImportError('missing dependency xyz')\n")
     dist_info = tmp_path / "fake_plugins-0.1.dist-info"
     dist_info.mkdir()

@@ -43,29 +43,46 @@ ANCHORS = dict(type="AnchorGenerator", ratios=[1.0], octave_base_scale=8, scales
 
 def tood_head(num_classes: int):
     cfg = dict(
-        type="TOODHead", num_classes=num_classes, in_channels=32, stacked_convs=1, feat_channels=32,
-        anchor_type="anchor_free", anchor_generator=ANCHORS,
+        type="TOODHead",
+        num_classes=num_classes,
+        in_channels=32,
+        stacked_convs=1,
+        feat_channels=32,
+        anchor_type="anchor_free",
+        anchor_generator=ANCHORS,
         bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[0.1, 0.1, 0.2, 0.2]),
-        initial_loss_cls=dict(type="FocalLoss", use_sigmoid=True, activated=True, gamma=2.0, alpha=0.25,
-                              loss_weight=1.0),
+        initial_loss_cls=dict(
+            type="FocalLoss", use_sigmoid=True, activated=True, gamma=2.0, alpha=0.25, loss_weight=1.0
+        ),
         loss_cls=dict(type="QualityFocalLoss", use_sigmoid=True, activated=True, beta=2.0, loss_weight=1.0),
         loss_bbox=dict(type="GIoULoss", loss_weight=2.0),
-        train_cfg=ConfigDict(initial_epoch=4, initial_assigner=dict(type="ATSSAssigner", topk=9),
-                             assigner=dict(type="TaskAlignedAssigner", topk=13), alpha=1, beta=6,
-                             allowed_border=-1, pos_weight=-1, debug=False),
+        train_cfg=ConfigDict(
+            initial_epoch=4,
+            initial_assigner=dict(type="ATSSAssigner", topk=9),
+            assigner=dict(type="TaskAlignedAssigner", topk=13),
+            alpha=1,
+            beta=6,
+            allowed_border=-1,
+            pos_weight=-1,
+            debug=False,
+        ),
     )
     return MODELS.build(cfg)
 
 
 def gfl_head(num_classes: int):
     cfg = dict(
-        type="GFLHead", num_classes=num_classes, in_channels=32, stacked_convs=1, feat_channels=32,
+        type="GFLHead",
+        num_classes=num_classes,
+        in_channels=32,
+        stacked_convs=1,
+        feat_channels=32,
         anchor_generator=ANCHORS,
         loss_cls=dict(type="QualityFocalLoss", use_sigmoid=True, beta=2.0, loss_weight=1.0),
-        loss_dfl=dict(type="DistributionFocalLoss", loss_weight=0.25), reg_max=16,
+        loss_dfl=dict(type="DistributionFocalLoss", loss_weight=0.25),
+        reg_max=16,
         loss_bbox=dict(type="GIoULoss", loss_weight=2.0),
-        train_cfg=ConfigDict(assigner=dict(type="ATSSAssigner", topk=9), allowed_border=-1, pos_weight=-1,
-                             debug=False),
+        train_cfg=ConfigDict(assigner=dict(type="ATSSAssigner", topk=9), allowed_border=-1, pos_weight=-1, debug=False),
     )
     return MODELS.build(cfg)
 
@@ -135,7 +152,10 @@ def golden_tood(case, epoch: int) -> dict:
     cls, box = float(sum(losses["loss_cls"])), float(sum(losses["loss_bbox"]))
     scores = torch.stack(metrics) if epoch >= 4 else None
     return {
-        "case": case.__dict__, "name": case.name, "epoch": epoch, "input_checksum": input_checksum(x),
+        "case": case.__dict__,
+        "name": case.name,
+        "epoch": epoch,
+        "input_checksum": input_checksum(x),
         "gt_boxes": [box.tolist() for box in x["boxes"]],
         "terms": {"cls": cls, "box": box / 2.0, "dfl": 0.0, "total": cls + box},
         "assignment": _assignment(gt_inds, scores, a),
@@ -155,7 +175,9 @@ def golden_gfl(case) -> dict:
         )
     cls, box, dfl = (float(sum(losses[k])) for k in ("loss_cls", "loss_bbox", "loss_dfl"))
     return {
-        "case": case.__dict__, "name": case.name, "input_checksum": input_checksum(x),
+        "case": case.__dict__,
+        "name": case.name,
+        "input_checksum": input_checksum(x),
         "gt_boxes": [box.tolist() for box in x["boxes"]],
         "terms": {"cls": cls, "box": box / 2.0, "dfl": dfl / 0.25, "total": cls + box + dfl},
         "assignment": _assignment(gt_inds, None, a),
@@ -165,8 +187,10 @@ def golden_gfl(case) -> dict:
 def main() -> None:
     outputs = {
         "tood": ("mmdetection 3.3 TOODHead.loss_by_feat, epoch 10", [golden_tood(c, 10) for c in CASES]),
-        "tood_warmup": ("mmdetection 3.3 TOODHead.loss_by_feat, epoch 0 (ATSS warm-up)",
-                        [golden_tood(c, 0) for c in CASES]),
+        "tood_warmup": (
+            "mmdetection 3.3 TOODHead.loss_by_feat, epoch 0 (ATSS warm-up)",
+            [golden_tood(c, 0) for c in CASES],
+        ),
         "gfl": ("mmdetection 3.3 GFLHead.loss_by_feat", [golden_gfl(c) for c in CASES]),
     }
     for name, (peer, cases) in outputs.items():

@@ -69,9 +69,7 @@ def golden(arrays, case, epoch: int) -> dict:
     head.eval()
     size = case["image_size"]
     feats = [paddle.zeros([b, 16, size // s, size // s]) for s in STRIDES]
-    anchors, anchor_points, num_anchors_list, stride_tensor = generate_anchors_for_grid_cell(
-        feats, STRIDES, 5.0, 0.5
-    )
+    anchors, anchor_points, num_anchors_list, stride_tensor = generate_anchors_for_grid_cell(feats, STRIDES, 5.0, 0.5)
     assert np.allclose(anchor_points.numpy(), x["points"])
     n = max(len(t) for t in x["boxes"])
     gt_class = np.zeros((b, n, 1), dtype="int64")

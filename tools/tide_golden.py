@@ -64,8 +64,14 @@ def planted_set(num_images: int = 40, num_classes: int = 3, seed: int = 0) -> tu
             kind = "bkg" if slot == 5 else rng.choice(["hit", "hit", "hit", *KINDS])
             if kind != "bkg":
                 annotations.append(
-                    {"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
-                     "bbox": box, "area": SIDE * SIDE, "iscrowd": 0}
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": category,
+                        "bbox": box,
+                        "area": SIDE * SIDE,
+                        "iscrowd": 0,
+                    }
                 )
             if kind == "hit":
                 jitter = rng.uniform(-4, 4, 2).round(1).tolist()
@@ -90,8 +96,14 @@ def planted_set(num_images: int = 40, num_classes: int = 3, seed: int = 0) -> tu
     # a crowd region with one detection inside it: ignored in the AP, but tidecv still gives it
     # an error (bkg: it overlaps no other box), which no fix changes
     annotations.append(
-        {"id": len(annotations) + 1, "image_id": 1, "category_id": 1, "bbox": [0.0, 440.0, 640.0, 40.0],
-         "area": 640.0 * 40, "iscrowd": 1}
+        {
+            "id": len(annotations) + 1,
+            "image_id": 1,
+            "category_id": 1,
+            "bbox": [0.0, 440.0, 640.0, 40.0],
+            "area": 640.0 * 40,
+            "iscrowd": 1,
+        }
     )
     add_det(1, 1, [10.0, 445.0, 30.0, 30.0], 0.99)
     planted["bkg"] += 1
@@ -102,8 +114,12 @@ def planted_set(num_images: int = 40, num_classes: int = 3, seed: int = 0) -> tu
         add_det(crowded, 1, [float(2 + 5 * (j % 120)) % 600, 2.0, 3.0, 3.0], 0.01)
     planted["bkg"] += 100 - real
     categories = [{"id": c, "name": f"class_{c}", "supercategory": "planted"} for c in range(1, num_classes + 1)]
-    dataset = {"info": {"description": "TIDE planted errors"}, "images": images,
-               "annotations": annotations, "categories": categories}
+    dataset = {
+        "info": {"description": "TIDE planted errors"},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
     return dataset, results, planted
 
 

@@ -1,6 +1,6 @@
 """Train / validate / predict the reference detector (LightningCLI); same as ``detlosses-train``.
 
-    python tools/train.py fit --config configs/shapes_tood.yaml --trainer.default_root_dir runs/x
+python tools/train.py fit --config configs/shapes_tood.yaml --trainer.default_root_dir runs/x
 """
 
 import os

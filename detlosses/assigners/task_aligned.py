@@ -112,8 +112,6 @@ def _segment_topk(segment: torch.Tensor, index: torch.Tensor, value: torch.Tenso
     return keep
 
 
-
-
 def _grow_boxes(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
     """(N, 4) ``xyxy`` boxes with every side shorter than ``min_size`` set to it about the centre.
 
@@ -282,7 +280,9 @@ class TaskAlignedAssigner(nn.Module):
         g = gt_labels.shape[1]
         gt_boxes = gt_bboxes.detach().float()
         x = _Batch(
-            b, a, g,
+            b,
+            a,
+            g,
             scores=pred_scores.detach().float().reshape(b * a, c),
             pred=pred_bboxes.detach().float().reshape(b * a, 4),
             labels=gt_labels.reshape(-1).long(),
@@ -305,7 +305,9 @@ class TaskAlignedAssigner(nn.Module):
     def _score(self, x: _Batch, slot: torch.Tensor, gt_flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(overlap, t) of (P,) pairs of anchor slots ``b * A + a`` and GT rows ``b * G + g``."""
         overlap = box_iou(
-            x.pred.index_select(0, slot), x.gt.index_select(0, gt_flat), mode=self.iou_type,
+            x.pred.index_select(0, slot),
+            x.gt.index_select(0, gt_flat),
+            mode=self.iou_type,
             aligned=True,
         )
         if self.iou_type == "ciou":

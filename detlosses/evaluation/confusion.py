@@ -151,8 +151,9 @@ def best_f1_thresholds(dataset: dict, detections: list[dict], errors: TIDEErrors
             continue
         precision = true[last] / (last + 1)
         recall = true[last] / num_gt[cid]
-        f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(len(last)),
-                       where=precision + recall > 0)
+        f1 = np.divide(
+            2 * precision * recall, precision + recall, out=np.zeros(len(last)), where=precision + recall > 0
+        )
         best = int(np.argmax(f1))
         out[name] = {
             "score_thr": float(scores[last[best]]),

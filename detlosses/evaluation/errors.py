@@ -134,9 +134,7 @@ def _mean_ap(classes: np.ndarray, scores: np.ndarray, tp: np.ndarray, seq: np.nd
     classes, tp = classes[order], tp[order]
     starts = _group_starts(classes) if len(classes) else np.zeros(1, np.int64)
     with_dets = {int(classes[s]): tp[s:e] for s, e in itertools.pairwise(starts)}
-    aps = [
-        _class_ap(with_dets.get(k, np.zeros(0, bool)), n) for k, n in num_gt.items() if n > 0 or k in with_dets
-    ]
+    aps = [_class_ap(with_dets.get(k, np.zeros(0, bool)), n) for k, n in num_gt.items() if n > 0 or k in with_dets]
     aps += [0.0 for k in with_dets if k not in num_gt]
     return sum(aps) / len(aps) if aps else 0.0
 

@@ -128,10 +128,7 @@ class COCOReport:
         header = f"{'category':<{width}}  {'AP':>6}  {'AP50':>6}  {'AR100':>6}"
         lines = [header, "-" * len(header)]
         for name, row in self.per_class.items():
-            cells = [
-                f"{row[key]:6.3f}" if row[key] >= 0 else f"{'-':>6}"
-                for key in ("AP", "AP50", "AR100")
-            ]
+            cells = [f"{row[key]:6.3f}" if row[key] >= 0 else f"{'-':>6}" for key in ("AP", "AP50", "AR100")]
             lines.append(f"{name:<{width}}  " + "  ".join(cells))
         return "\n".join(lines)
 
@@ -199,9 +196,7 @@ def _run_faster(dataset: dict, detections: list[dict]) -> Any:
     try:
         from faster_coco_eval import COCO, COCOeval_faster
     except ImportError as e:
-        raise ImportError(
-            'backend="faster" needs faster-coco-eval: pip install "detlosses[fast]"'
-        ) from e
+        raise ImportError('backend="faster" needs faster-coco-eval: pip install "detlosses[fast]"') from e
 
     def silent(*args: Any, **kwargs: Any) -> None:
         return None
@@ -314,5 +309,3 @@ def coco_evaluate(
         dropped=problems,
         **extras,
     )
-
-

@@ -40,9 +40,7 @@ def pr_curves(precision: np.ndarray, iou_thrs: np.ndarray) -> dict[str, np.ndarr
     }
 
 
-def _save_pr_figure(
-    curves: dict[str, np.ndarray], rec_thrs: np.ndarray, title: str, path: Path
-) -> None:
+def _save_pr_figure(curves: dict[str, np.ndarray], rec_thrs: np.ndarray, title: str, path: Path) -> None:
     from matplotlib.figure import Figure  # object API: no pyplot, no global backend state
 
     fig = Figure(figsize=(5, 4), dpi=100)
@@ -56,9 +54,7 @@ def _save_pr_figure(
     fig.savefig(path, format="png")
 
 
-def plot_pr_curves(
-    report: COCOReport, out_dir: str | os.PathLike, per_class: bool = True
-) -> list[Path]:
+def plot_pr_curves(report: COCOReport, out_dir: str | os.PathLike, per_class: bool = True) -> list[Path]:
     """Write precision-recall curves (IoU 0.50, 0.75 and the 0.50:0.95 mean) as PNG files.
 
     ``pr_all.png`` averages over the categories with ground truth; with ``per_class`` each such
@@ -70,20 +66,14 @@ def plot_pr_curves(
     area, last = report.area_labels.index("all"), len(report.max_dets) - 1
     precision = report.precision[:, :, :, area, last]  # (T, R, K)
     paths = [out / "pr_all.png"]
-    _save_pr_figure(
-        pr_curves(precision, report.iou_thrs), report.rec_thrs, "all categories", paths[0]
-    )
+    _save_pr_figure(pr_curves(precision, report.iou_thrs), report.rec_thrs, "all categories", paths[0])
     if per_class:
-        for k, (cid, name) in enumerate(
-            zip(report.category_ids, report.category_names, strict=True)
-        ):
+        for k, (cid, name) in enumerate(zip(report.category_ids, report.category_names, strict=True)):
             if not (precision[:, :, k] > -1).any():  # no ground truth for this category
                 continue
             slug = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
             path = out / f"pr_{cid}_{slug}.png"
-            _save_pr_figure(
-                pr_curves(precision[:, :, k : k + 1], report.iou_thrs), report.rec_thrs, name, path
-            )
+            _save_pr_figure(pr_curves(precision[:, :, k : k + 1], report.iou_thrs), report.rec_thrs, name, path)
             paths.append(path)
     return paths
 
@@ -112,8 +102,15 @@ def plot_confusion_matrix(confusion: ConfusionMatrix, path: str | os.PathLike, n
     if n <= 30:
         for (row, col), value in np.ndenumerate(confusion.matrix):
             if value:
-                ax.text(col, row, str(value), ha="center", va="center", fontsize="x-small",
-                        color="white" if matrix[row, col] > 0.5 * (matrix.max() or 1) else "black")
+                ax.text(
+                    col,
+                    row,
+                    str(value),
+                    ha="center",
+                    va="center",
+                    fontsize="x-small",
+                    color="white" if matrix[row, col] > 0.5 * (matrix.max() or 1) else "black",
+                )
     fig.tight_layout()
     fig.savefig(path, format="png")
     return Path(path)

@@ -143,10 +143,7 @@ def clean_boxes(
         if ann.get("iscrowd", 0):
             continue
         if ann["category_id"] not in cat_index:
-            raise DataError(
-                f"{ann_file}: annotation {ann.get('id')} has unknown category_id "
-                f"{ann['category_id']}"
-            )
+            raise DataError(f"{ann_file}: annotation {ann.get('id')} has unknown category_id {ann['category_id']}")
         bbox = ann.get("bbox")
         try:
             x, y, w, h = (float(v) for v in bbox)
@@ -170,4 +167,3 @@ def clean_boxes(
         clipped,
         dropped,
     )
-

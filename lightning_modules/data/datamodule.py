@@ -59,15 +59,11 @@ class COCODataModule(pl.LightningDataModule):
         if image_size < 32:
             raise ValueError(f"image_size must be >= 32, got {image_size}")
         if batch_size < 1 or num_workers < 0:
-            raise ValueError(
-                f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}"
-            )
+            raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
         if not 0.0 <= hflip <= 1.0 or not 0.0 <= mosaic <= 1.0:
             raise ValueError(f"hflip and mosaic must be in [0, 1], got {hflip}, {mosaic}")
         if len(scale_jitter) != 2 or not 0 < scale_jitter[0] <= scale_jitter[1]:
-            raise ValueError(
-                f"scale_jitter must be (low, high), 0 < low <= high, got {scale_jitter}"
-            )
+            raise ValueError(f"scale_jitter must be (low, high), 0 < low <= high, got {scale_jitter}")
         for name, folder in (("train_images", train_images), ("val_images", val_images)):
             if not os.path.isdir(folder):
                 raise DataError(f"{name}: image folder not found: {folder}")
@@ -139,4 +135,3 @@ class COCODataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, train=False)
-

@@ -104,9 +104,7 @@ class COCODetectionDataset(Dataset):
         cats = sorted_categories(coco, self.ann_file)
         json_ids = [c["id"] for c in cats]
         if category_ids is not None and sorted(category_ids) != json_ids:
-            raise ValueError(
-                f"{self.ann_file} has category ids {json_ids}, expected {sorted(category_ids)}"
-            )
+            raise ValueError(f"{self.ann_file} has category ids {json_ids}, expected {sorted(category_ids)}")
         self.category_ids: list[int] = list(category_ids) if category_ids else json_ids
         by_id = {c["id"]: c["name"] for c in cats}
         self.class_names: list[str] = [by_id[i] for i in self.category_ids]
@@ -170,8 +168,7 @@ class COCODetectionDataset(Dataset):
     def _skip(self, paths: list[str]) -> None:
         self.skipped_images.extend(paths)
         warnings.warn(
-            f"{self.ann_file}: skipping {len(paths)} missing or unreadable image(s): "
-            f"{list_files(paths)}",
+            f"{self.ann_file}: skipping {len(paths)} missing or unreadable image(s): {list_files(paths)}",
             stacklevel=3,
         )
 
@@ -250,9 +247,7 @@ class COCODetectionDataset(Dataset):
             tile_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
             boxes.append(tile_boxes + np.array([ox, oy, 0, 0], dtype=np.float32))
             labels.append(np.asarray(out["labels"], dtype=np.int64).reshape(-1))
-        out = self._mosaic_crop(
-            image=canvas, bboxes=np.concatenate(boxes), labels=np.concatenate(labels)
-        )
+        out = self._mosaic_crop(image=canvas, bboxes=np.concatenate(boxes), labels=np.concatenate(labels))
         return read[0], out["image"], out["bboxes"], out["labels"]
 
     # ------------------------------------------------------------------ Dataset API
@@ -304,4 +299,3 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
     if hasattr(info.dataset, "reseed"):
         info.dataset.reseed(seed)
-

@@ -64,9 +64,7 @@ class Letterbox(A.DualTransform):
         self.position = position
         self.fill = fill
 
-    def get_params_dependent_on_data(
-        self, params: dict[str, Any], data: dict[str, Any]
-    ) -> dict[str, Any]:
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         h, w = params["shape"][:2]
         scale = self.size / max(h, w) * self.py_random.uniform(*self.scale_range)
         new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))  # cv2.resize's size
@@ -75,15 +73,10 @@ class Letterbox(A.DualTransform):
         elif self.position == "top_left":
             offset = (0, 0)
         else:
-            offset = tuple(
-                self.py_random.randint(min(0, self.size - n), max(0, self.size - n))
-                for n in (new_w, new_h)
-            )
+            offset = tuple(self.py_random.randint(min(0, self.size - n), max(0, self.size - n)) for n in (new_w, new_h))
         return {"scale": scale, "offset": offset}
 
-    def apply(
-        self, img: np.ndarray, scale: float, offset: tuple[int, int], **params: Any
-    ) -> np.ndarray:
+    def apply(self, img: np.ndarray, scale: float, offset: tuple[int, int], **params: Any) -> np.ndarray:
         if scale != 1.0:
             interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
             # fx/fy without dsize: OpenCV maps with exactly this factor (the output size is
@@ -98,14 +91,10 @@ class Letterbox(A.DualTransform):
         w = min(img.shape[1] - src_x0, self.size - dst_x0)
         h = min(img.shape[0] - src_y0, self.size - dst_y0)
         if w > 0 and h > 0:
-            canvas[dst_y0 : dst_y0 + h, dst_x0 : dst_x0 + w] = img[
-                src_y0 : src_y0 + h, src_x0 : src_x0 + w
-            ]
+            canvas[dst_y0 : dst_y0 + h, dst_x0 : dst_x0 + w] = img[src_y0 : src_y0 + h, src_x0 : src_x0 + w]
         return canvas
 
-    def apply_to_bboxes(
-        self, bboxes: np.ndarray, scale: float, offset: tuple[int, int], **params: Any
-    ) -> np.ndarray:
+    def apply_to_bboxes(self, bboxes: np.ndarray, scale: float, offset: tuple[int, int], **params: Any) -> np.ndarray:
         # bboxes: (N, 4 + extra) normalised xyxy of the input -> normalised to the canvas
         h, w = params["shape"][:2]
         out = bboxes.copy()
@@ -117,9 +106,7 @@ class Letterbox(A.DualTransform):
 def bbox_params(train: bool) -> A.BboxParams:
     # train: drop boxes cut to slivers by the random crop (< 20 % visible or < 2 px)
     extra = {"min_visibility": 0.2, "min_width": 2.0, "min_height": 2.0} if train else {}
-    return A.BboxParams(
-        format="coco", label_fields=["labels"], clip=True, filter_invalid_bboxes=True, **extra
-    )
+    return A.BboxParams(format="coco", label_fields=["labels"], clip=True, filter_invalid_bboxes=True, **extra)
 
 
 def build_transforms(
@@ -137,24 +124,17 @@ def build_transforms(
     ``color_jitter``.
     """
     if train:
-        transforms: list[A.BasicTransform] = [
-            Letterbox(image_size, scale_range=scale_jitter, position="random")
-        ]
+        transforms: list[A.BasicTransform] = [Letterbox(image_size, scale_range=scale_jitter, position="random")]
         if hflip > 0:
             transforms.append(A.HorizontalFlip(p=hflip))
         if color_jitter:
-            transforms.append(
-                A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.5, hue=0.015, p=0.8)
-            )
+            transforms.append(A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.5, hue=0.015, p=0.8))
     else:
         transforms = [Letterbox(image_size, position="center")]
-    return A.Compose(
-        transforms, bbox_params=bbox_params(train), strict=True, save_applied_params=True
-    )
+    return A.Compose(transforms, bbox_params=bbox_params(train), strict=True, save_applied_params=True)
 
 
 def set_compose_seed(compose: A.Compose, seed: int) -> None:
     """One generator pair shared by all transforms (``Compose(seed=...)`` gives each
     transform its own copy of the same stream, which correlates their draws)."""
     compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
-

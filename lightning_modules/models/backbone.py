@@ -40,9 +40,7 @@ class _Bottleneck(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            ConvBNAct(channels, channels, 3), ConvBNAct(channels, channels, 3)
-        )
+        self.body = nn.Sequential(ConvBNAct(channels, channels, 3), ConvBNAct(channels, channels, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -103,25 +101,15 @@ class CSPBackbone(nn.Module):
     Returns a list of feature maps, one per ``out_strides`` entry, (B, channels[k], H/s, W/s).
     """
 
-    def __init__(
-        self, channels: Sequence[int], depths: Sequence[int], out_strides: Sequence[int]
-    ) -> None:
+    def __init__(self, channels: Sequence[int], depths: Sequence[int], out_strides: Sequence[int]) -> None:
         super().__init__()
         if len(depths) != len(channels) - 1:
-            raise ValueError(
-                f"depths must have len(channels) - 1 = {len(channels) - 1} entries, "
-                f"got {len(depths)}"
-            )
+            raise ValueError(f"depths must have len(channels) - 1 = {len(channels) - 1} entries, got {len(depths)}")
         if 2 ** len(channels) != out_strides[-1]:
-            raise ValueError(
-                f"channels must have log2(out_strides[-1]) entries, "
-                f"got {len(channels)} for {out_strides}"
-            )
+            raise ValueError(f"channels must have log2(out_strides[-1]) entries, got {len(channels)} for {out_strides}")
         self.stem = ConvBNAct(3, channels[0], 3, stride=2)
         stages = []
-        for k, (c_in, c_out, depth) in enumerate(
-            zip(channels[:-1], channels[1:], depths, strict=True)
-        ):
+        for k, (c_in, c_out, depth) in enumerate(zip(channels[:-1], channels[1:], depths, strict=True)):
             layers = [ConvBNAct(c_in, c_out, 3, stride=2), CSPBlock(c_out, c_out, depth)]
             if k == len(depths) - 1:
                 layers.append(SPPF(c_out))

@@ -56,9 +56,7 @@ def _check_strides(strides: Sequence[int]) -> tuple[int, ...]:
     strides = tuple(int(s) for s in strides)
     doubling = all(b == 2 * a for a, b in itertools.pairwise(strides))
     if not strides or not doubling or strides[0] < 4 or strides[-1] > 64:
-        raise ValueError(
-            f"strides must double from level to level within 4..64, e.g. (8, 16, 32), got {strides}"
-        )
+        raise ValueError(f"strides must double from level to level within 4..64, e.g. (8, 16, 32), got {strides}")
     return strides
 
 
@@ -123,18 +121,14 @@ class DenseDetectorModel(nn.Module):
             self.head = TOODHead(width, num_classes, reg_max, stacked_convs=cfg.head_convs)
         else:
             self.head = DecoupledHead(width, len(self.strides), num_classes, reg_max)
-        self._anchor_cache: dict[
-            tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor]
-        ] = {}
+        self._anchor_cache: dict[tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def num_parameters(self) -> int:
         """Number of trainable parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
-    def anchors(
-        self, height: int, width: int, device: torch.device | str = "cpu"
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def anchors(self, height: int, width: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """Anchor points (A, 2) = ((j + 0.5) s, (i + 0.5) s) and strides (A,) for an input size.
 
         Level by level (finest first), row-major within a level; cached per (height, width, device).
@@ -147,9 +141,7 @@ class DenseDetectorModel(nn.Module):
                 self._anchor_cache[key] = self._make_anchors(height, width, device)
         return self._anchor_cache[key]
 
-    def _make_anchors(
-        self, height: int, width: int, device: torch.device | str
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _make_anchors(self, height: int, width: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         points, strides = [], []
         for s in self.strides:
             ys, xs = torch.meshgrid(
@@ -163,17 +155,14 @@ class DenseDetectorModel(nn.Module):
 
     def _check_images(self, images: torch.Tensor) -> None:
         if not isinstance(images, torch.Tensor) or not images.is_floating_point():
-            raise ValueError(
-                f"images must be a floating-point tensor (B, 3, H, W), got {type(images).__name__}"
-            )
+            raise ValueError(f"images must be a floating-point tensor (B, 3, H, W), got {type(images).__name__}")
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
         s = self.strides[-1]
         h, w = images.shape[-2:]
         if h == 0 or w == 0 or h % s or w % s:
             raise ValueError(
-                f"images height and width must be positive multiples of the largest stride {s}, "
-                f"got {h}x{w}"
+                f"images height and width must be positive multiples of the largest stride {s}, got {h}x{w}"
             )
 
     def forward(self, images: torch.Tensor) -> DenseOutput:

@@ -29,9 +29,7 @@ __all__ = ["DecoupledHead", "TOODHead", "aligned_logits", "sample_sides"]
 _INIT_DISTANCE = 2.5
 
 
-def _init_predictors(
-    cls_conv: nn.Conv2d, reg_conv: nn.Conv2d, n_bins: int, prior_prob: float = 0.01
-) -> None:
+def _init_predictors(cls_conv: nn.Conv2d, reg_conv: nn.Conv2d, n_bins: int, prior_prob: float = 0.01) -> None:
     """Final convs: weights N(0, 0.01); cls bias -log((1 - p) / p) so sigmoid starts at p;
     dist bias b_k = k * log(r) per side, a geometric distribution whose mean r / (1 - r) is
     m = min(_INIT_DISTANCE, reg_max / 2) bins (up to truncation at reg_max)."""
@@ -51,9 +49,7 @@ class DecoupledHead(nn.Module):
     reg: ConvBNAct 3x3 -> ConvBNAct 3x3 -> Conv 1x1 (4 * (reg_max + 1)).
     """
 
-    def __init__(
-        self, in_channels: int, num_levels: int, num_classes: int, reg_max: int = 16
-    ) -> None:
+    def __init__(self, in_channels: int, num_levels: int, num_classes: int, reg_max: int = 16) -> None:
         super().__init__()
         n_bins = reg_max + 1
 
@@ -72,9 +68,7 @@ class DecoupledHead(nn.Module):
     def forward(self, feats: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [
             (cls_branch(x), reg_branch(x))
-            for x, cls_branch, reg_branch in zip(
-                feats, self.cls_branches, self.reg_branches, strict=True
-            )
+            for x, cls_branch, reg_branch in zip(feats, self.cls_branches, self.reg_branches, strict=True)
         ]
 
 
@@ -149,9 +143,7 @@ def sample_sides(dist_logits: torch.Tensor, offsets: torch.Tensor) -> torch.Tens
     cells = torch.stack([xs, ys], dim=-1) + offsets
     size = torch.tensor([w, h], device=offsets.device, dtype=torch.float32)
     grid = (2 * cells + 1) / size - 1  # cell centres -> [-1, 1] with align_corners=False
-    sampled = F.grid_sample(
-        dist_logits, grid, mode="bilinear", padding_mode="border", align_corners=False
-    )
+    sampled = F.grid_sample(dist_logits, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return sampled.reshape(b, c, h, w)
 
 
@@ -188,9 +180,7 @@ class TOODHead(nn.Module):
         n_bins = reg_max + 1
         stacked_channels = in_channels * stacked_convs
         hidden = max(1, in_channels // 4)
-        self.inter_convs = nn.ModuleList(
-            _conv_gn_relu(in_channels, in_channels, 3) for _ in range(stacked_convs)
-        )
+        self.inter_convs = nn.ModuleList(_conv_gn_relu(in_channels, in_channels, 3) for _ in range(stacked_convs))
         self.cls_decomp = _TaskDecomposition(in_channels, stacked_convs, la_down_rate)
         self.reg_decomp = _TaskDecomposition(in_channels, stacked_convs, la_down_rate)
         self.cls_out = nn.Conv2d(in_channels, num_classes, 3, padding=1)
@@ -222,10 +212,6 @@ class TOODHead(nn.Module):
             inter.append(x)
         feat = torch.cat(inter, dim=1)  # (B, L * c, H, W)
         pooled = F.adaptive_avg_pool2d(feat, 1)  # (B, L * c, 1, 1)
-        cls_logits = aligned_logits(
-            self.cls_out(self.cls_decomp(feat, pooled)), self.cls_prob(feat)
-        )
-        dist_logits = sample_sides(
-            self.reg_out(self.reg_decomp(feat, pooled)), self.reg_offset(feat)
-        )
+        cls_logits = aligned_logits(self.cls_out(self.cls_decomp(feat, pooled)), self.cls_prob(feat))
+        dist_logits = sample_sides(self.reg_out(self.reg_decomp(feat, pooled)), self.reg_offset(feat))
         return cls_logits, dist_logits

@@ -36,15 +36,9 @@ class PANNeck(nn.Module):
         super().__init__()
         levels = len(in_channels)
         self.laterals = nn.ModuleList(ConvBNAct(c, out_channels) for c in in_channels)
-        self.top_down = nn.ModuleList(
-            CSPBlock(2 * out_channels, out_channels, depth) for _ in range(levels - 1)
-        )
-        self.downsample = nn.ModuleList(
-            ConvBNAct(out_channels, out_channels, 3, stride=2) for _ in range(levels - 1)
-        )
-        self.bottom_up = nn.ModuleList(
-            CSPBlock(2 * out_channels, out_channels, depth) for _ in range(levels - 1)
-        )
+        self.top_down = nn.ModuleList(CSPBlock(2 * out_channels, out_channels, depth) for _ in range(levels - 1))
+        self.downsample = nn.ModuleList(ConvBNAct(out_channels, out_channels, 3, stride=2) for _ in range(levels - 1))
+        self.bottom_up = nn.ModuleList(CSPBlock(2 * out_channels, out_channels, depth) for _ in range(levels - 1))
         self.out_channels = out_channels
 
     def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -85,8 +85,10 @@ def _worker(impl: str, variant: str, batch: int, num_gt: int, num_classes: int, 
     if impl == "ours":
         fn = TaskAlignedAssigner(**kwargs)
     else:
+
         def fn(*args):
             return dense_task_aligned(*args, **kwargs)
+
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     with torch.no_grad():
         res = fn(*inputs)

@@ -49,9 +49,7 @@ def _mm_iou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) ->
 
 
 def _mm_enclose(pred: torch.Tensor, target: torch.Tensor, eps: float):
-    wh = (torch.max(pred[:, 2:], target[:, 2:]) - torch.min(pred[:, :2], target[:, :2])).clamp(
-        min=0
-    )
+    wh = (torch.max(pred[:, 2:], target[:, 2:]) - torch.min(pred[:, :2], target[:, :2])).clamp(min=0)
     return wh[:, 0], wh[:, 1]
 
 
@@ -64,13 +62,7 @@ def _mm_eiou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -
     ) / 4
     w1, h1 = pred[:, 2] - pred[:, 0], pred[:, 3] - pred[:, 1]
     w2, h2 = target[:, 2] - target[:, 0], target[:, 3] - target[:, 1]
-    return (
-        1
-        - ious
-        + rho2 / (cw**2 + ch**2 + eps)
-        + (w1 - w2) ** 2 / (cw**2 + eps)
-        + (h1 - h2) ** 2 / (ch**2 + eps)
-    )
+    return 1 - ious + rho2 / (cw**2 + ch**2 + eps) + (w1 - w2) ** 2 / (cw**2 + eps) + (h1 - h2) ** 2 / (ch**2 + eps)
 
 
 def _mm_siou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -106,9 +98,7 @@ LOSS_ROWS: list[tuple[str, str, Callable]] = [
 def run(args: argparse.Namespace) -> list[dict]:
     gen = torch.Generator().manual_seed(0)
     pred0, target = _random_boxes(args.n, gen), _random_boxes(args.n, gen)
-    pred0[: args.n // 2] = (
-        target[: args.n // 2] + torch.randn(args.n // 2, 4, generator=gen) * 5
-    )  # overlapping half
+    pred0[: args.n // 2] = target[: args.n // 2] + torch.randn(args.n // 2, 4, generator=gen) * 5  # overlapping half
     pred = pred0.clone().requires_grad_(True)
 
     def fwd_bwd(fn: Callable) -> Callable[[], None]:

@@ -43,9 +43,7 @@ def _mmdet_qfl(pred: torch.Tensor, target: torch.Tensor, beta=2.0) -> torch.Tens
     loss = loss * pred_sigmoid.pow(beta)
     pos = target != 0
     scale = target[pos] - pred_sigmoid[pos]
-    loss[pos] = F.binary_cross_entropy_with_logits(
-        pred[pos], target[pos], reduction="none"
-    ) * scale.abs().pow(beta)
+    loss[pos] = F.binary_cross_entropy_with_logits(pred[pos], target[pos], reduction="none") * scale.abs().pow(beta)
     return loss
 
 
@@ -60,21 +58,16 @@ def _dense_qfl(pred: torch.Tensor, target: torch.Tensor, beta=2.0) -> torch.Tens
 def _mmdet_vfl(pred: torch.Tensor, target: torch.Tensor, alpha=0.75, gamma=2.0) -> torch.Tensor:
     pred_sigmoid = pred.sigmoid()
     focal_weight = (
-        target * (target > 0.0).float()
-        + alpha * (pred_sigmoid - target).abs().pow(gamma) * (target <= 0.0).float()
+        target * (target > 0.0).float() + alpha * (pred_sigmoid - target).abs().pow(gamma) * (target <= 0.0).float()
     )
     return F.binary_cross_entropy_with_logits(pred, target, reduction="none") * focal_weight
 
 
 # ultralytics/utils/loss.py: VarifocalLoss.forward (label = one-hot of positives)
-def _ultralytics_vfl(
-    pred: torch.Tensor, target: torch.Tensor, alpha=0.75, gamma=2.0
-) -> torch.Tensor:
+def _ultralytics_vfl(pred: torch.Tensor, target: torch.Tensor, alpha=0.75, gamma=2.0) -> torch.Tensor:
     label = (target > 0).float()
     weight = alpha * pred.sigmoid().pow(gamma) * (1 - label) + target * label
-    return (
-        F.binary_cross_entropy_with_logits(pred.float(), target.float(), reduction="none") * weight
-    )
+    return F.binary_cross_entropy_with_logits(pred.float(), target.float(), reduction="none") * weight
 
 
 # mmdet/models/losses/gfocal_loss.py: distribution_focal_loss (on (R, n_bins), (R,))
@@ -159,4 +152,3 @@ def run(args: argparse.Namespace) -> list[dict]:
             ours_ms, ref_ms = interleaved_median_ms([_fwd_bwd(ours, x, target), _fwd_bwd(ref, x, target)], repeat, 2)
             rows.append(timing_row(name, "x".join(map(str, x.shape)), ref_name, ours_ms, ref_ms))
     return rows
-

@@ -66,17 +66,12 @@ def _clip_xywh(boxes: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 def make_dataset(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     """(ground-truth dataset, detections) as COCO json objects; deterministic in args.seed."""
     rng = np.random.default_rng(args.seed)
-    image_sizes = np.array(IMAGE_SIZES, dtype=np.float64)[
-        rng.integers(0, len(IMAGE_SIZES), args.images)
-    ]
+    image_sizes = np.array(IMAGE_SIZES, dtype=np.float64)[rng.integers(0, len(IMAGE_SIZES), args.images)]
     images = [
         {"id": i + 1, "file_name": f"{i + 1:06d}.jpg", "width": int(w), "height": int(h)}
         for i, (w, h) in enumerate(image_sizes)
     ]
-    categories = [
-        {"id": c + 1, "name": f"class_{c + 1}", "supercategory": "synthetic"}
-        for c in range(args.classes)
-    ]
+    categories = [{"id": c + 1, "name": f"class_{c + 1}", "supercategory": "synthetic"} for c in range(args.classes)]
     frequency = 1.0 / np.arange(1, args.classes + 1) ** 0.8  # long tail, like COCO
     frequency /= frequency.sum()
 
@@ -104,16 +99,12 @@ def make_dataset(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     jitter = gt_boxes[source].copy()
     jitter[:, :2] += rng.normal(0, 0.08, (len(source), 2)) * jitter[:, 2:]
     jitter[:, 2:] *= np.exp(rng.normal(0, 0.12, (len(source), 2)))
-    tp_label = np.where(
-        rng.random(len(source)) < 0.9, gt_label[source], rng.integers(0, args.classes, len(source))
-    )
+    tp_label = np.where(rng.random(len(source)) < 0.9, gt_label[source], rng.integers(0, args.classes, len(source)))
     tp_score = rng.beta(4, 2, len(source)) * np.where(np.arange(len(source)) < len(hit), 1.0, 0.6)
     fp_image = rng.integers(0, args.images, n_fp)
     det_image = np.concatenate([gt_image[source], fp_image])
     det_label = np.concatenate([tp_label, rng.choice(args.classes, n_fp, p=frequency)])
-    det_boxes = _clip_xywh(
-        np.concatenate([jitter, _random_boxes(rng, image_sizes[fp_image])]), image_sizes[det_image]
-    )
+    det_boxes = _clip_xywh(np.concatenate([jitter, _random_boxes(rng, image_sizes[fp_image])]), image_sizes[det_image])
     det_score = np.concatenate([tp_score, rng.beta(1.5, 4, n_fp)])
     detections = [
         {
@@ -146,9 +137,7 @@ def _library_faster(gt_path: str, dt_path: str) -> np.ndarray:
     from faster_coco_eval import COCO, COCOeval_faster
 
     gt = COCO(gt_path)
-    evaluator = COCOeval_faster(
-        gt, gt.loadRes(dt_path), "bbox", print_function=lambda *a, **k: None
-    )
+    evaluator = COCOeval_faster(gt, gt.loadRes(dt_path), "bbox", print_function=lambda *a, **k: None)
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()
@@ -171,8 +160,9 @@ def _import_time_s(module: str) -> tuple[float, bool]:
     """(cumulative import time of ``module`` in s from -X importtime, whether torch was imported)."""
     code = f"import sys, {module}; print('torch' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    run = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
-                         env=env, check=True)
+    run = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, env=env, check=True
+    )
     lines = [line for line in run.stderr.splitlines() if line.rstrip().endswith(f"| {module}")]
     return int(lines[-1].split("|")[1]) / 1e6, run.stdout.strip() == "True"
 
@@ -234,6 +224,11 @@ def run(args: argparse.Namespace) -> list[dict]:
         if name in stats:
             row["stats_identical"] = bool(np.abs(stats[name] - reference).max() <= 1e-12)
         rows.append(row)
-    rows.append({"run": "import lightning_modules.eval_cli (-X importtime)", "median_s": import_s,
-                 "imports_torch": imports_torch})
+    rows.append(
+        {
+            "run": "import lightning_modules.eval_cli (-X importtime)",
+            "median_s": import_s,
+            "imports_torch": imports_torch,
+        }
+    )
     return rows
