@@ -306,7 +306,7 @@ class OneStageDetector(pl.LightningModule):
         boxes = clip_to_regions(out.box_preds.float(), image_regions(targets, out.box_preds.device))  # (B, A, 4)
         empty = (boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1])  # (B, A)
         scores = out.cls_logits.float().sigmoid()  # (B, A, C)
-        dropped = int((empty & (scores.amax(-1) > self.nms.settings.score_thr)).sum())
+        dropped = int((scores[empty].amax(-1) > self.nms.settings.score_thr).sum())  # empty anchors only
         return self.nms(boxes, scores.masked_fill(empty[..., None], 0.0)), dropped
 
     def detect(self, out: DenseOutput, targets: Sequence[Mapping[str, Any]]) -> tuple[list[Detections], int]:

@@ -110,11 +110,10 @@ def check_image_file(path: str, size: tuple[int, int] | None = None) -> tuple[in
     Raises FileNotFoundError or ValueError naming ``path``. Reads the header and the last
     kilobyte only, so checking a large data set takes seconds.
     """
-    height, width = read_image_size(path)
+    height, width, image_format = _read_header(path)
     if size is not None and (height, width) != tuple(size):
         raise ValueError(f"image {path} is {width}x{height} pixels but its annotation says {size[1]}x{size[0]}")
-    with Image.open(path) as im:
-        marker = _END_MARKERS.get(im.format or "")
+    marker = _END_MARKERS.get(image_format)
     if marker is not None:
         with open(path, "rb") as f:
             f.seek(max(0, os.path.getsize(path) - _TAIL_BYTES))
@@ -125,11 +124,17 @@ def check_image_file(path: str, size: tuple[int, int] | None = None) -> tuple[in
 
 def read_image_size(path: str) -> tuple[int, int]:
     """(h, w) from the file header, for json images without width/height."""
+    height, width, _ = _read_header(path)
+    return height, width
+
+
+def _read_header(path: str) -> tuple[int, int, str]:
+    """(h, w, format) from the file header; FileNotFoundError / ValueError naming ``path``."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         with Image.open(path) as im:
-            return im.height, im.width
+            return im.height, im.width, im.format or ""
     except (OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot decode image {path}: {e}") from e
 
