@@ -45,6 +45,10 @@ _PAIR_CHUNK = 1 << 17
 _PAIRS_PER_BOX_FOR_TORCHVISION = 24
 # Fixed-point rounds of the hard-NMS kernel before the groups still changing go to torchvision.
 _ROUNDS_BEFORE_TORCHVISION = 8
+# Groups holding at most this many box pairs in all have every pair tested (no x-sweep).
+_ALL_PAIRS_MAX = 1 << 18
+# Hard and DIoU NMS first run on each image's max(4 * max_det, this) highest candidates.
+_FIRST_PREFIX = 1024
 
 
 class Detections(NamedTuple):
@@ -173,8 +177,8 @@ def _candidates(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(image, anchor, label, score) of the candidates, each (N,): at most ``pre_nms_topk``
     per image, image-major; within an image by position in ``scores``, or after a top-k cut
-    by score (descending), then position; ``anchor``
-    indexes the flattened (B * A) anchors. ``scores`` must be finite.
+    by score (descending), then position; ``anchor`` indexes the flattened (B * A) anchors.
+    ``scores`` must be finite.
 
     ``scores`` is read once, by a per-anchor max; only the rows of anchors whose max passes
     the threshold and ranks among the ``pre_nms_topk`` highest of its image are gathered (no
@@ -188,37 +192,26 @@ def _candidates(
     thr = _float_bits(score_thr)
     best = bits.amax(-1)  # (B, A)
     is_cand = best > thr  # (B, A)
+    low = torch.full((num_images, 1), thr + 1, dtype=torch.int32, device=scores.device)  # (B, 1) least pattern
     anchor_cut = num_anchors > pre_nms_topk and int(torch.count_nonzero(is_cand, 1).max()) > pre_nms_topk
     if anchor_cut:
-        kth = best.topk(pre_nms_topk, dim=1, sorted=False).values.amin(1, keepdim=True)  # (B, 1)
-        is_cand &= best >= kth
-    if not multi_label:
-        img, anchor = is_cand.nonzero(as_tuple=True)  # (Na,) each, image-major
-        if 4 * img.numel() > is_cand.numel():  # most anchors (epoch 1): one pass, no gather
-            label = scores.max(-1).indices[img, anchor]  # the first class holding the max
-        else:
-            label = bits[img, anchor].argmax(1)
-        score = best[img, anchor].view(torch.float32)
-        top = _top_per_image(img, score, pre_nms_topk, num_images, always_sort=False)
-        return img[top], img[top] * num_anchors + anchor[top], label[top], score[top]
-
+        # the k-th highest anchor max: k pairs reach it, so no lower pair is among the top k
+        low = low.maximum(best.topk(pre_nms_topk, dim=1, sorted=False).values.amin(1, keepdim=True))
+        is_cand &= best >= low
     img, anchor = is_cand.nonzero(as_tuple=True)  # (Na,) each, image-major
-    if 2 * img.numel() < is_cand.numel():  # gather the rows of the candidate anchors, image-padded
-        counts = torch.bincount(img, minlength=num_images)
-        slot = torch.arange(img.numel(), device=img.device) - (counts.cumsum(0) - counts)[img]
-        anchor_of = anchor.new_zeros(num_images, int(counts.max()))
-        anchor_of[img, slot] = anchor
-        rows = bits.new_full((*anchor_of.shape, num_classes), torch.iinfo(torch.int32).min)
-        rows[img, slot] = bits[img, anchor]  # (B, S, C)
-    else:  # most anchors: all rows (one below the threshold has no pair above it)
-        anchor_of, rows = None, bits
-    flat = rows.reshape(num_images, -1)  # (B, S * C)
-    index = (flat > thr).view(-1).nonzero().squeeze(1)  # (N,) into flat, by image, then position
-    img, score = index // flat.shape[1], flat.view(-1)[index].view(torch.float32)
+    anchor = img * num_anchors + anchor  # into the flattened anchors
+    all_rows = bits.view(-1, num_classes)  # (B * A, C)
+    # the rows of the candidate anchors (all rows when every anchor is one: no copy)
+    rows = all_rows if anchor.numel() == all_rows.shape[0] else all_rows.index_select(0, anchor)  # (Na, C)
+    if not multi_label:
+        label = rows.argmax(1)  # the first class holding the max
+        score = best.view(-1)[anchor].view(torch.float32)
+    else:
+        index = (rows >= low[img]).view(-1).nonzero().squeeze(1)  # (N,) into rows, by anchor, then class
+        row, label = index // num_classes, index % num_classes
+        img, anchor, score = img[row], anchor[row], rows.view(-1)[index].view(torch.float32)
     top = _top_per_image(img, score, pre_nms_topk, num_images, always_sort=False)
-    img, pair, score = img[top], index[top] % flat.shape[1], score[top]
-    anchor = pair // num_classes if anchor_of is None else anchor_of[img, pair // num_classes]
-    return img, img * num_anchors + anchor, pair % num_classes, score
+    return img[top], anchor[top], label[top], score[top]
 
 
 def _float_bits(value: float) -> int:
@@ -321,6 +314,38 @@ def _suppression_edges(
     return by_x[p], by_x[q], to_torchvision
 
 
+def _group_pair_edges(
+    boxes: torch.Tensor, groups: torch.Tensor, iou_thr: float, diou: bool
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Every pair (p, q), p < q, of boxes of the same group whose IoU (DIoU if ``diou``) is
+    > ``iou_thr``, as index tensors (E,), found by testing every pair of each group; ``groups``
+    must be sorted (contiguous). None when the groups hold more than ``_ALL_PAIRS_MAX`` pairs.
+
+    The IoU is computed with the operations of torchvision's CPU NMS kernel in its order, so
+    every value is bit-identical to the one the kernel compares.
+    """
+    pos = torch.arange(groups.numel(), device=groups.device)
+    sizes = torch.unique_consecutive(groups, return_counts=True)[1]
+    partners = sizes.cumsum(0).repeat_interleave(sizes) - pos - 1  # (N,) later boxes of the group
+    total = int(partners.sum())
+    if total > _ALL_PAIRS_MAX:
+        return None
+    p = pos.repeat_interleave(partners, output_size=total)  # (E,)
+    q = torch.arange(total, device=groups.device) + (pos + 1 - (partners.cumsum(0) - partners)).repeat_interleave(
+        partners, output_size=total
+    )
+    bp, bq = boxes[p], boxes[q]  # (E, 4)
+    if diou:
+        hit = box_iou(bp, bq, mode="diou", aligned=True) > iou_thr
+    else:
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # (N,) as the kernel's
+        wh = (torch.minimum(bp[:, 2:], bq[:, 2:]) - torch.maximum(bp[:, :2], bq[:, :2])).clamp_(min=0)
+        inter = wh[:, 0] * wh[:, 1]
+        hit = inter / (area[p] + area[q] - inter) > iou_thr
+    index = hit.nonzero().squeeze(1)
+    return p[index], q[index]
+
+
 def _greedy_nms(
     boxes: torch.Tensor,
     groups: torch.Tensor,
@@ -340,8 +365,12 @@ def _greedy_nms(
     keep = torch.ones(groups.numel(), dtype=torch.bool, device=boxes.device)
     if not groups.numel():
         return keep
-    p, q, to_torchvision = _suppression_edges(boxes, groups, iou_thr, diou)
-    src, dst = torch.minimum(p, q), torch.maximum(p, q)  # the earlier box suppresses the later
+    edges = _group_pair_edges(boxes, groups, iou_thr, diou)
+    if edges is None:  # large groups: an x-sweep finds the pairs that can overlap enough
+        p, q, to_torchvision = _suppression_edges(boxes, groups, iou_thr, diou)
+        src, dst = torch.minimum(p, q), torch.maximum(p, q)  # the earlier box suppresses the later
+    else:
+        (src, dst), to_torchvision = edges, torch.zeros(int(groups[-1]) + 1, dtype=torch.bool, device=boxes.device)
     for round_ in itertools.count(1):
         if not src.numel():
             break
@@ -460,9 +489,33 @@ def multiclass_nms(
     cfg = NMSSettings(score_thr, iou_thr, max_det, pre_nms_topk, multi_label, class_agnostic, method, sigma)
     _check_finite(boxes, scores)
     boxes, scores = boxes.float(), scores.float()
+    if cfg.method == "soft":
+        return _detections(boxes, scores, cfg, cfg.pre_nms_topk)[0]
+    # Greedy NMS keeps a box iff no kept box of its group outranks and suppresses it, so on
+    # the k highest candidates of an image it keeps exactly the full run's survivors among
+    # them: an image with max_det survivors there is done; the others go again with 8 k.
+    dets: list[Detections] = [None] * scores.shape[0]  # type: ignore[list-item]
+    todo = list(range(scores.shape[0]))
+    prefix = min(cfg.pre_nms_topk, max(4 * cfg.max_det, _FIRST_PREFIX))
+    while todo:
+        part, short = _detections(boxes, scores, cfg, prefix)
+        for i, det in zip(todo, part, strict=True):
+            dets[i] = det
+        again = short.nonzero().squeeze(1)
+        boxes, scores, todo = boxes[again], scores[again], [todo[i] for i in again.tolist()]
+        prefix = min(cfg.pre_nms_topk, 8 * prefix)
+    return dets
+
+
+def _detections(
+    boxes: torch.Tensor, scores: torch.Tensor, cfg: NMSSettings, pre_nms_topk: int
+) -> tuple[list[Detections], torch.Tensor]:
+    """NMS with ``cfg`` on the ``pre_nms_topk`` highest candidates of each image: the
+    detections and which images (bool (B,)) might have more survivors past that prefix
+    (fewer than max_det kept while the prefix was full and shorter than ``cfg.pre_nms_topk``)."""
     num_images, _, num_classes = scores.shape
     if scores.numel():
-        img, anchor, label, score = _candidates(scores, cfg.score_thr, cfg.pre_nms_topk, cfg.multi_label)
+        img, anchor, label, score = _candidates(scores, cfg.score_thr, pre_nms_topk, cfg.multi_label)
     else:  # A = 0 or C = 0 (a max over an empty dim raises)
         img = anchor = label = torch.zeros(0, dtype=torch.long, device=scores.device)
         score = scores.new_zeros(0)
@@ -481,10 +534,13 @@ def multiclass_nms(
         kept = _greedy_nms(cand_boxes[prio], groups[prio], thr, cfg.method == "diou")
         keep = torch.zeros_like(kept).index_put_((prio,), kept).nonzero().squeeze(1)
     keep = keep[_top_per_image(img[keep], score[keep], cfg.max_det, num_images)]  # by image, score
+    counts = torch.bincount(img[keep], minlength=num_images)
+    short = (counts < cfg.max_det) & (torch.bincount(img, minlength=num_images) >= pre_nms_topk)
+    short &= pre_nms_topk < cfg.pre_nms_topk
     img, label, score, cand_boxes = img[keep], label[keep], score[keep], cand_boxes[keep]
-    counts = torch.bincount(img, minlength=num_images).tolist()
+    counts = counts.tolist()
     parts = zip(cand_boxes.split(counts), score.split(counts), label.split(counts), strict=True)
-    return [Detections(*part) for part in parts]
+    return [Detections(*part) for part in parts], short
 
 
 @NMS.register()
