@@ -23,6 +23,7 @@ import itertools
 import math
 import numbers
 import operator
+import struct
 from typing import NamedTuple
 
 import torch
@@ -189,34 +190,39 @@ def _candidates(
     """
     num_images, num_anchors, num_classes = scores.shape
     bits = scores.view(torch.int32)
-    thr = _float_bits(score_thr)
-    best = bits.amax(-1)  # (B, A)
-    is_cand = best > thr  # (B, A)
-    low = torch.full((num_images, 1), thr + 1, dtype=torch.int32, device=scores.device)  # (B, 1) least pattern
-    anchor_cut = num_anchors > pre_nms_topk and int(torch.count_nonzero(is_cand, 1).max()) > pre_nms_topk
-    if anchor_cut:
+    low = _float_bits(score_thr) + 1  # the least pattern of a candidate
+    best = bits.amax(-1).view(-1)  # (B * A,)
+    anchor = (best >= low).nonzero().squeeze(1)  # (Na,) candidate anchors, flattened, image-major
+    image_ends = torch.arange(1, num_images + 1, device=scores.device) * num_anchors
+    if int(torch.searchsorted(anchor, image_ends).diff(prepend=image_ends[:1] * 0).max()) > pre_nms_topk:
         # the k-th highest anchor max: k pairs reach it, so no lower pair is among the top k
-        low = low.maximum(best.topk(pre_nms_topk, dim=1, sorted=False).values.amin(1, keepdim=True))
-        is_cand &= best >= low
-    img, anchor = is_cand.nonzero(as_tuple=True)  # (Na,) each, image-major
-    anchor = img * num_anchors + anchor  # into the flattened anchors
+        kth = best.view(num_images, -1).topk(pre_nms_topk, dim=1, sorted=False).values.amin(1, keepdim=True)
+        low = kth.clamp_(min=low)  # (B, 1)
+        anchor = (best.view(num_images, -1) >= low).view(-1).nonzero().squeeze(1)
+        low = low.view(-1)
+    img = anchor.div(num_anchors, rounding_mode="floor")  # (Na,)
     all_rows = bits.view(-1, num_classes)  # (B * A, C)
     # the rows of the candidate anchors (all rows when every anchor is one: no copy)
     rows = all_rows if anchor.numel() == all_rows.shape[0] else all_rows.index_select(0, anchor)  # (Na, C)
     if not multi_label:
         label = rows.argmax(1)  # the first class holding the max
-        score = best.view(-1)[anchor].view(torch.float32)
+        score = best.index_select(0, anchor).view(torch.float32)
     else:
-        index = (rows >= low[img]).view(-1).nonzero().squeeze(1)  # (N,) into rows, by anchor, then class
-        row, label = index // num_classes, index % num_classes
-        img, anchor, score = img[row], anchor[row], rows.view(-1)[index].view(torch.float32)
-    top = _top_per_image(img, score, pre_nms_topk, num_images, always_sort=False)
-    return img[top], anchor[top], label[top], score[top]
+        passes = rows >= (low if isinstance(low, int) else low.index_select(0, img)[:, None])  # (Na, C)
+        index = passes.view(-1).nonzero().squeeze(1)  # (N,) into rows, by anchor, then class
+        row = index.div(num_classes, rounding_mode="floor")
+        label = index - row * num_classes
+        img, anchor = img.index_select(0, row), anchor.index_select(0, row)
+        score = rows.view(-1).index_select(0, index).view(torch.float32)
+    if img.numel() > pre_nms_topk:  # some image may hold more than k
+        top = _top_per_image(img, score, pre_nms_topk, num_images, always_sort=False)
+        img, anchor, label, score = (t.index_select(0, top) for t in (img, anchor, label, score))
+    return img, anchor, label, score
 
 
 def _float_bits(value: float) -> int:
-    """The int32 bit pattern of ``value`` rounded to float32."""
-    return int(torch.tensor(value, dtype=torch.float32).view(torch.int32))
+    """The int32 bit pattern of ``value`` (finite) rounded to float32 (to nearest, as torch)."""
+    return struct.unpack("<i", struct.pack("<f", value))[0]
 
 
 def _check_finite(boxes: torch.Tensor, scores: torch.Tensor) -> None:
@@ -231,11 +237,12 @@ def _check_finite(boxes: torch.Tensor, scores: torch.Tensor) -> None:
 
 
 def _float32_below(value: float) -> float:
-    """The largest float32 <= ``value``: for a float32 ``x``, ``x > value`` iff ``x > this``."""
-    f = torch.tensor(value, dtype=torch.float32)
-    if f.item() > value:
-        f = torch.nextafter(f, torch.tensor(-math.inf))
-    return f.item()
+    """The largest float32 <= ``value`` (in [0, 1]): for a float32 ``x``, ``x > value`` iff
+    ``x > this``."""
+    bits = _float_bits(value)
+    if struct.unpack("<f", struct.pack("<i", bits))[0] > value:  # rounded up: the float32 below (> 0)
+        bits -= 1
+    return struct.unpack("<f", struct.pack("<i", bits))[0]
 
 
 def _window_iou(cols: list[torch.Tensor], p: torch.Tensor, width: int) -> torch.Tensor:
@@ -334,16 +341,16 @@ def _group_pair_edges(
     q = torch.arange(total, device=groups.device) + (pos + 1 - (partners.cumsum(0) - partners)).repeat_interleave(
         partners, output_size=total
     )
-    bp, bq = boxes[p], boxes[q]  # (E, 4)
+    bp, bq = boxes.index_select(0, p), boxes.index_select(0, q)  # (E, 4)
     if diou:
         hit = box_iou(bp, bq, mode="diou", aligned=True) > iou_thr
     else:
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # (N,) as the kernel's
         wh = (torch.minimum(bp[:, 2:], bq[:, 2:]) - torch.maximum(bp[:, :2], bq[:, :2])).clamp_(min=0)
         inter = wh[:, 0] * wh[:, 1]
-        hit = inter / (area[p] + area[q] - inter) > iou_thr
+        hit = inter / (area.index_select(0, p) + area.index_select(0, q) - inter) > iou_thr
     index = hit.nonzero().squeeze(1)
-    return p[index], q[index]
+    return p.index_select(0, index), q.index_select(0, index)
 
 
 def _greedy_nms(
@@ -371,11 +378,12 @@ def _greedy_nms(
         src, dst = torch.minimum(p, q), torch.maximum(p, q)  # the earlier box suppresses the later
     else:
         (src, dst), to_torchvision = edges, torch.zeros(int(groups[-1]) + 1, dtype=torch.bool, device=boxes.device)
+    suppressors = torch.zeros(groups.numel(), dtype=torch.int32, device=boxes.device)
     for round_ in itertools.count(1):
         if not src.numel():
             break
-        suppressed = torch.zeros_like(keep)
-        suppressed[dst[keep[src]]] = True
+        # kept suppressors of each box
+        suppressed = suppressors.zero_().index_add_(0, dst, keep.index_select(0, src).int()) > 0
         changed = suppressed == keep  # (N,) where the next keep differs
         if not changed.any():
             break

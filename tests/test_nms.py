@@ -560,3 +560,96 @@ def test_registry_build():
     }
     nms = NMS.build({"type": "MultiClassNMS", **settings})
     assert_same(nms(boxes, scores), reference_hard(boxes, scores, 0.2, 0.45, 30, 100, False, True))
+
+
+# ---------------------------------------------------------------- sparse (trained-like) batches, long prefixes
+def sparse_batch(seed: int, B: int = 3, A: int = 4000, C: int = 30, objects: int = 12, per_object: int = 15):
+    """A trained detector's output: background scores below 0.04, each object covered by
+    ``per_object`` anchors holding jittered copies of its box with distinct scores in
+    (0.3, 0.95) for its class (a third also one in (0.05, 0.3) for a second class)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(B, A, 2, generator=g) * 640
+    wh = torch.rand(B, A, 2, generator=g) * 100 + 8
+    boxes = torch.cat([centres - wh / 2, centres + wh / 2], -1)
+    scores = torch.rand(B, A, C, generator=g) * 0.04
+    distinct = (torch.randperm(B * objects * per_object * 2, generator=g) + 1) / (B * objects * per_object * 2 + 1)
+    distinct = distinct.view(B, objects, per_object, 2)
+    for b in range(B):
+        obj_wh = torch.rand(objects, 2, generator=g) * 200 + 16
+        obj_centre = torch.rand(objects, 2, generator=g) * 640
+        obj = torch.cat([obj_centre - obj_wh / 2, obj_centre + obj_wh / 2], -1)
+        idx = torch.randperm(A, generator=g)[: objects * per_object].view(objects, per_object)
+        jitter = (torch.rand(objects, per_object, 4, generator=g) - 0.5) * 0.2 * obj_wh.repeat(1, 2)[:, None]
+        boxes[b, idx] = obj[:, None] + jitter
+        label = torch.randint(0, C, (objects, 1), generator=g).expand_as(idx)
+        scores[b, idx, label] = distinct[b, ..., 0] * 0.65 + 0.3
+        second = torch.rand(objects, per_object, generator=g) < 1 / 3
+        other = (label + torch.randint(1, C, (objects, 1), generator=g)) % C
+        scores[b, idx[second], other[second]] = distinct[b, ..., 1][second] * 0.25 + 0.05
+    return boxes, scores
+
+
+@pytest.mark.parametrize("multi_label", [True, False])
+@pytest.mark.parametrize("class_agnostic", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_sparse_equals_batched_nms_loop(multi_label, class_agnostic, dtype):
+    # ~240 candidates per image in small groups (every pair of a group is tested)
+    boxes, scores = sparse_batch(20)
+    if dtype == torch.float16:
+        boxes = boxes.half()  # NMS sees the float32 value of each fp16 box
+    for args in [(0.05, 0.6, 100, 1000), (0.05, 0.45, 20, 1000), (0.2, 0.7, 100, 50)]:
+        args = (*args, multi_label, class_agnostic)
+        ours = multiclass_nms(boxes, scores, *args)
+        assert_same(ours, batched_nms_loop(boxes.float(), scores, *args))
+        assert all(len(d.scores) for d in ours)
+
+
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_sparse_ties_and_duplicates(multi_label):
+    boxes, scores = sparse_batch(21)
+    tied = torch.where(scores > 0.05, (scores * 4).ceil() / 4, scores)  # 3 score levels above 0.05
+    args = (0.05, 0.5, 30, 1000, multi_label, False)
+    assert_same(multiclass_nms(boxes, tied, *args), reference_tied(boxes, tied, *args))
+    # every anchor twice (exact duplicates, equal scores): one of each pair at most is kept
+    boxes2, scores2 = torch.cat([boxes, boxes], 1), torch.cat([scores, scores], 1)
+    args = (0.05, 0.6, 100, 1000, multi_label, False)
+    ours = multiclass_nms(boxes2, scores2, *args)
+    assert_same(ours, batched_nms_loop(boxes2, scores2, *args))
+    assert_same(ours, multiclass_nms(boxes, scores, *args))
+
+
+@pytest.mark.parametrize("multi_label", [True, False])
+@pytest.mark.parametrize("method", ["hard", "diou"])
+def test_survivors_past_the_first_prefix(multi_label, method):
+    # the 1100 best-scoring boxes of each image are jittered copies of 3 boxes (a few survive),
+    # 300 spread boxes score lower: max_det = 40 survivors need candidates far past the
+    # 1024 highest, which a run on a prefix of the candidates alone would not reach
+    g = torch.Generator().manual_seed(22)
+    B, A = 2, 1400
+    centres = torch.rand(B, A, 2, generator=g) * 2000
+    wh = torch.rand(B, A, 2, generator=g) * 40 + 10
+    boxes = torch.cat([centres - wh / 2, centres + wh / 2], -1)
+    base = torch.tensor([[100.0, 100, 180, 160], [400, 50, 460, 150], [900, 900, 1000, 980]])
+    boxes[:, :1100] = base[torch.arange(1100) % 3] + torch.rand(B, 1100, 4, generator=g) * 2
+    scores = (torch.randperm(B * A * 2, generator=g) + 1).view(B, A, 2) / (B * A * 2 + 1) * 0.5
+    scores[:, :1100] += 0.5  # (0.5, 1): above every spread box
+    args = (0.05, 0.5, 40, 30_000, multi_label, False)
+    ours = multiclass_nms(boxes, scores, *args, method=method)
+    if method == "hard":
+        assert_same(ours, batched_nms_loop(boxes, scores, *args))
+    else:
+        assert_same(ours, reference(boxes, scores, "diou", *args))
+    for det in ours:
+        assert len(det.scores) == 40 and int((det.scores > 0.5).sum()) < 40  # spread boxes needed
+
+
+@pytest.mark.parametrize("bad", ["nan", "-nan", "inf", "-inf"])
+@pytest.mark.parametrize("where", ["scores", "boxes"])
+def test_non_finite_hidden_among_many_anchors_raises(bad, where):
+    boxes, scores = sparse_batch(23, B=2, A=8400, C=80)
+    value = {"nan": float("nan"), "-nan": negative_nan(), "inf": math.inf, "-inf": -math.inf}[bad]
+    target = scores if where == "scores" else boxes
+    target.view(-1)[int(torch.randint(0, target.numel(), (1,), generator=torch.Generator().manual_seed(24)))] = value
+    for multi_label in (True, False):
+        with pytest.raises(ValueError, match=f"{where} must be finite"):
+            multiclass_nms(boxes, scores, multi_label=multi_label)
