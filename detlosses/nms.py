@@ -44,10 +44,14 @@ _PAIR_CHUNK = 1 << 17
 # A group whose boxes have more than this many window partners each, on average, goes to
 # torchvision's kernel instead (it skips suppressed boxes, which pays off in heavy clusters).
 _PAIRS_PER_BOX_FOR_TORCHVISION = 24
-# Fixed-point rounds of the hard-NMS kernel before the groups still changing go to torchvision.
+# Fixed-point rounds of the hard-NMS kernel between prunings of the pairs to the groups still
+# changing, and in all before those go to torchvision's kernel.
 _ROUNDS_BEFORE_TORCHVISION = 8
+_MAX_ROUNDS = 64
 # Groups holding at most this many box pairs in all have every pair tested (no x-sweep).
 _ALL_PAIRS_MAX = 1 << 18
+# Boxes after each box whose overlap bounds are tested at once by the hard/DIoU sweep.
+_SWEEP_WINDOW = 16
 # Hard and DIoU NMS first run on each image's max(4 * max_det, this) highest candidates.
 _FIRST_PREFIX = 1024
 
@@ -328,8 +332,7 @@ def _group_pair_edges(
     > ``iou_thr``, as index tensors (E,), found by testing every pair of each group; ``groups``
     must be sorted (contiguous). None when the groups hold more than ``_ALL_PAIRS_MAX`` pairs.
 
-    The IoU is computed with the operations of torchvision's CPU NMS kernel in its order, so
-    every value is bit-identical to the one the kernel compares.
+    The IoU is that of :func:`_kernel_iou`.
     """
     pos = torch.arange(groups.numel(), device=groups.device)
     sizes = torch.unique_consecutive(groups, return_counts=True)[1]
@@ -341,16 +344,79 @@ def _group_pair_edges(
     q = torch.arange(total, device=groups.device) + (pos + 1 - (partners.cumsum(0) - partners)).repeat_interleave(
         partners, output_size=total
     )
+    index = (_kernel_iou(boxes, p, q, diou) > iou_thr).nonzero().squeeze(1)
+    return p.index_select(0, index), q.index_select(0, index)
+
+
+def _sweep_edges(
+    boxes: torch.Tensor, groups: torch.Tensor, iou_thr: float, diou: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """As :func:`_suppression_edges` for hard and DIoU NMS (``iou_thr`` >= 0), with fewer and
+    larger operations: the pairs (p, q), p < q, of a group whose IoU (DIoU) is > ``iou_thr``
+    and the groups left to torchvision's kernel.
+
+    With a group's boxes sorted by x1, q can overlap p by more than t only if
+    x1_q < x2_p - t * w_p and y1_q < y2_p - t * h_p and y1_p < y2_q - t * h_q (IoU > t needs
+    an overlap > t * max(w_p, w_q) in x and > t * max(h_p, h_q) in y; bounds loosened by a
+    margin for float rounding). These tests run on strided windows of the next
+    ``_SWEEP_WINDOW`` boxes (views, no copies); boxes with more x-partners get the rest listed
+    explicitly. Only the pairs passing them get the exact IoU, computed as in torchvision's
+    kernel (:func:`_kernel_iou`).
+    """
+    width = _SWEEP_WINDOW
+    keys = groups << 32 | _ordered_bits(boxes[:, 0])
+    by_x = keys.argsort()  # (N,) by group, then x1
+    keys, grp, bx = (t.index_select(0, by_x) for t in (keys, groups, boxes))
+    x1, y1, x2, y2 = bx.unbind(1)
+    loose = 0.999 * max(iou_thr - 1e-5 if diou else iou_thr, 0.0)
+    # keys of a box's x-partners are below its x_end
+    x_end = grp << 32 | _ordered_bits(x2 - loose * (x2 - x1) + 1e-5 * (x1.abs() + x2.abs()))
+    y_end = y2 - loose * (y2 - y1) + 1e-5 * (y1.abs() + y2.abs())  # (N,)
+
+    def window(col: torch.Tensor, fill: float) -> torch.Tensor:  # (N, width): col[p + 1 .. p + width]
+        return torch.cat([col, col.new_full((width,), fill)]).unfold(0, width, 1)[1:]
+
+    in_x = window(keys, _INT64_MAX) < x_end[:, None]  # (N, width)
+    near = in_x & (window(y1, math.inf) < y_end[:, None]) & (y1[:, None] < window(y_end, -math.inf))
+    count = in_x.sum(1)  # x-partners of each box, exact below the window's width
+    wide = in_x[:, -1].nonzero().squeeze(1)  # boxes with x-partners past the window
+    count.index_copy_(0, wide, torch.searchsorted(keys, x_end.index_select(0, wide)) - wide - 1)
+    num_groups = int(groups.max()) + 1
+    group_pairs = torch.zeros(num_groups, dtype=torch.long, device=boxes.device).index_add_(0, grp, count)
+    to_torchvision = group_pairs > _PAIRS_PER_BOX_FOR_TORCHVISION * torch.bincount(groups, minlength=num_groups)
+    to_torchvision &= not diou
+    tv_box = to_torchvision.index_select(0, grp)  # (N,)
+    near &= ~tv_box[:, None]
+    row, step = near.nonzero(as_tuple=True)
+    p, q = [row], [row + 1 + step]
+    wide = wide.index_select(0, (~tv_box.index_select(0, wide)).nonzero().squeeze(1))
+    if wide.numel():  # the x-partners past the window, listed
+        extra = count.index_select(0, wide) - width
+        total = int(extra.sum())
+        pw = wide.repeat_interleave(extra, output_size=total)
+        first = (wide + width + 1 - (extra.cumsum(0) - extra)).repeat_interleave(extra, output_size=total)
+        qw = torch.arange(total, device=boxes.device) + first
+        ok = (y1.index_select(0, qw) < y_end.index_select(0, pw)) & (y1.index_select(0, pw) < y_end.index_select(0, qw))
+        ok = ok.nonzero().squeeze(1)
+        p.append(pw.index_select(0, ok))
+        q.append(qw.index_select(0, ok))
+    p, q = torch.cat(p), torch.cat(q)
+    index = (_kernel_iou(bx, p, q, diou) > iou_thr).nonzero().squeeze(1)
+    p, q = p.index_select(0, index), q.index_select(0, index)
+    return by_x.index_select(0, p), by_x.index_select(0, q), to_torchvision
+
+
+def _kernel_iou(boxes: torch.Tensor, p: torch.Tensor, q: torch.Tensor, diou: bool) -> torch.Tensor:
+    """IoU (DIoU: box_iou's) of the box pairs (p, q), (E,); the IoU with the operations of
+    torchvision's CPU NMS kernel in its order, so every value is bit-identical to the one
+    the kernel compares."""
     bp, bq = boxes.index_select(0, p), boxes.index_select(0, q)  # (E, 4)
     if diou:
-        hit = box_iou(bp, bq, mode="diou", aligned=True) > iou_thr
-    else:
-        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # (N,) as the kernel's
-        wh = (torch.minimum(bp[:, 2:], bq[:, 2:]) - torch.maximum(bp[:, :2], bq[:, :2])).clamp_(min=0)
-        inter = wh[:, 0] * wh[:, 1]
-        hit = inter / (area.index_select(0, p) + area.index_select(0, q) - inter) > iou_thr
-    index = hit.nonzero().squeeze(1)
-    return p.index_select(0, index), q.index_select(0, index)
+        return box_iou(bp, bq, mode="diou", aligned=True)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # (N,) as the kernel's
+    wh = (torch.minimum(bp[:, 2:], bq[:, 2:]) - torch.maximum(bp[:, :2], bq[:, :2])).clamp_(min=0)
+    inter = wh[:, 0] * wh[:, 1]
+    return inter / (area.index_select(0, p) + area.index_select(0, q) - inter)
 
 
 def _greedy_nms(
@@ -366,33 +432,44 @@ def _greedy_nms(
     It is found by iterating that equation from all-kept over the sparse list of
     suppressing pairs (Cluster-NMS, Zheng et al. 2021): after round r every box whose
     longest chain of suppressors is shorter than r is final, and a round that changes
-    nothing has reached the fixed point — exactly the greedy set. A group still changing
-    after ``_ROUNDS_BEFORE_TORCHVISION`` rounds goes to torchvision's kernel (hard NMS).
+    nothing has reached the fixed point — exactly the greedy set. Groups are independent:
+    every ``_ROUNDS_BEFORE_TORCHVISION`` rounds the pairs of groups that no longer change are
+    dropped, and a group still changing after ``_MAX_ROUNDS`` rounds goes to torchvision's
+    kernel (hard NMS).
     """
     keep = torch.ones(groups.numel(), dtype=torch.bool, device=boxes.device)
     if not groups.numel():
         return keep
     edges = _group_pair_edges(boxes, groups, iou_thr, diou)
     if edges is None:  # large groups: an x-sweep finds the pairs that can overlap enough
-        p, q, to_torchvision = _suppression_edges(boxes, groups, iou_thr, diou)
+        p, q, to_torchvision = _sweep_edges(boxes, groups, iou_thr, diou)
         src, dst = torch.minimum(p, q), torch.maximum(p, q)  # the earlier box suppresses the later
     else:
         (src, dst), to_torchvision = edges, torch.zeros(int(groups[-1]) + 1, dtype=torch.bool, device=boxes.device)
     suppressors = torch.zeros(groups.numel(), dtype=torch.int32, device=boxes.device)
+    active = None  # boxes whose group may still change (None: all)
     for round_ in itertools.count(1):
         if not src.numel():
             break
         # kept suppressors of each box
         suppressed = suppressors.zero_().index_add_(0, dst, keep.index_select(0, src).int()) > 0
         changed = suppressed == keep  # (N,) where the next keep differs
+        if active is not None:
+            changed &= active
         if not changed.any():
             break
-        keep = ~suppressed
-        if round_ == _ROUNDS_BEFORE_TORCHVISION and not diou:
-            # long suppression chains (grids of equal boxes): the groups still changing (the
-            # others are at their fixed point) go to torchvision's kernel
-            to_torchvision = to_torchvision.index_fill(0, groups[changed], True)
-            break
+        keep = keep ^ changed
+        if round_ % _ROUNDS_BEFORE_TORCHVISION == 0:
+            # long suppression chains (grids of equal boxes): a group that did not change is at
+            # its fixed point; the others go on alone, or to torchvision's kernel after
+            # _MAX_ROUNDS rounds (hard NMS)
+            changing = torch.zeros_like(to_torchvision).index_fill_(0, groups[changed], True)  # (G,)
+            if round_ >= _MAX_ROUNDS and not diou:
+                to_torchvision |= changing
+                break
+            active = changing.index_select(0, groups)
+            live = active.index_select(0, dst).nonzero().squeeze(1)
+            src, dst = src.index_select(0, live), dst.index_select(0, live)
     if to_torchvision.any():
         # torchvision's kernel per group (contiguous here), fed the priority order as distinct scores
         sizes = torch.bincount(groups, minlength=to_torchvision.numel())
