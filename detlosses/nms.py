@@ -573,7 +573,7 @@ def multiclass_nms(
     _check_inputs(boxes, scores)
     cfg = NMSSettings(score_thr, iou_thr, max_det, pre_nms_topk, multi_label, class_agnostic, method, sigma)
     _check_finite(boxes, scores)
-    boxes, scores = boxes.float(), scores.float()
+    boxes, scores = boxes.float().contiguous(), scores.float().contiguous()  # views below need a flat layout
     if cfg.method == "soft":
         return _detections(boxes, scores, cfg, cfg.pre_nms_topk)[0]
     # Greedy NMS keeps a box iff no kept box of its group outranks and suppresses it, so on

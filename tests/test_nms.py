@@ -653,3 +653,26 @@ def test_non_finite_hidden_among_many_anchors_raises(bad, where):
     for multi_label in (True, False):
         with pytest.raises(ValueError, match=f"{where} must be finite"):
             multiclass_nms(boxes, scores, multi_label=multi_label)
+
+
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_equal_scores_on_a_grid(multi_label):
+    # an untrained head: every score at the prior (equal), boxes of one size on the anchor grid
+    # (neighbours overlap by IoU ~0.7: suppression chains run along the grid), and first a row
+    # of boxes each overlapping the next two at IoU 0.74 and 0.54 (at iou_thr 0.6 a chain
+    # through all 150)
+    ys, xs = torch.meshgrid(torch.arange(20.0), torch.arange(20.0), indexing="ij")
+    centres = torch.stack([xs, ys], -1).view(-1, 2) * 8 + 4
+    grid = torch.cat([centres - 19.5, centres + 19.5], -1)  # (400, 4)
+    row = torch.tensor([[0.0, 500, 10, 510]]) + torch.arange(150.0)[:, None] * torch.tensor([1.5, 0, 1.5, 0])
+    boxes = torch.cat([row, grid])[None].repeat(2, 1, 1)
+    boxes[1] += torch.rand(550, 4, generator=torch.Generator().manual_seed(25)) * 0.5
+    scores = torch.full((2, 550, 3), 0.01)
+    scores[:, :150, 1:] = 0.0  # the row: class 0 only
+    for bx, sc, args in [
+        (boxes, scores, (0.001, 0.6, 100, 1000)),
+        (boxes, scores, (0.001, 0.5, 1000, 2000)),
+        (boxes[:, 150:], scores[:, 150:], (0.001, 0.6, 100, 1000)),  # the grid alone
+    ]:
+        args = (*args, multi_label, False)
+        assert_same(multiclass_nms(bx, sc, *args), reference_tied(bx, sc, *args))
