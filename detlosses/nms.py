@@ -562,11 +562,15 @@ def multiclass_nms(
     Raises:
         ValueError: bad shapes or settings, or NaN / +-inf in ``boxes`` or ``scores``.
 
-    Hard and DIoU NMS run every (image, class) group of the batch at once: the pairs of a
-    group that can overlap by more than ``iou_thr`` (a sweep over x) get their overlap
-    computed with the kernel's own float32 arithmetic, and greedy suppression is iterated
-    to its fixed point over those pairs (Cluster-NMS); groups with very dense clusters or
-    long suppression chains go to torchvision's kernel. No float64 anywhere (MPS has none).
+    Hard and DIoU NMS first run on the max(4 * max_det, 1024) highest candidates of each
+    image (greedy NMS keeps exactly the full run's survivors among any score-ordered prefix),
+    again with 8 times as many for an image left with fewer than max_det survivors. They run
+    every (image, class) group of the batch at once: every pair of small groups, or the
+    pairs of a group that can overlap by more than ``iou_thr`` (a sweep over x with y
+    bounds), get their overlap computed with the kernel's own float32 arithmetic, and greedy
+    suppression is iterated to its fixed point over those pairs (Cluster-NMS); groups with
+    very dense clusters or very long suppression chains go to torchvision's kernel. No
+    float64 anywhere (MPS has none).
     Soft-NMS runs all groups together, in rounds that each select every box outscoring its
     remaining overlapping boxes.
     """
