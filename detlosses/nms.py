@@ -149,7 +149,7 @@ def _first_per_image(img: torch.Tensor, k: int, num_images: int) -> torch.Tensor
     """Mask of the first ``k`` entries of each image; ``img`` is sorted."""
     counts = torch.bincount(img, minlength=num_images)
     starts = counts.cumsum(0) - counts
-    return torch.arange(img.numel(), device=img.device) - starts[img] < k
+    return torch.arange(img.numel(), device=img.device) - starts.index_select(0, img) < k
 
 
 def _top_per_image(img: torch.Tensor, score: torch.Tensor, k: int, num_images: int, always_sort: bool = True):
@@ -170,10 +170,10 @@ def _top_per_image(img: torch.Tensor, score: torch.Tensor, k: int, num_images: i
         padded = score.new_full((num_images, int(counts.max())), -math.inf)
         padded[img, rank] = score
         kth = padded.topk(k, dim=1, sorted=False).values.amin(1)  # (B,), -inf below k entries
-        idx = (score >= kth[img]).nonzero().squeeze(1)  # ties at the k-th score are all here
-    idx = idx[_score_key(img[idx], score[idx]).argsort(stable=True)]
+        idx = (score >= kth.index_select(0, img)).nonzero().squeeze(1)  # ties at the k-th score are all here
+    idx = idx.index_select(0, _score_key(img.index_select(0, idx), score.index_select(0, idx)).argsort(stable=True))
     if cut:
-        idx = idx[_first_per_image(img[idx], k, num_images)]
+        idx = idx.index_select(0, _first_per_image(img.index_select(0, idx), k, num_images).nonzero().squeeze(1))
     return idx
 
 
@@ -620,13 +620,15 @@ def _detections(
         thr = _float32_below(cfg.iou_thr) if cfg.method == "hard" else cfg.iou_thr
         # priority within a group: score (descending), then position
         prio = _score_key(groups, score).argsort(stable=True)
-        kept = _greedy_nms(cand_boxes[prio], groups[prio], thr, cfg.method == "diou")
+        kept = _greedy_nms(cand_boxes.index_select(0, prio), groups.index_select(0, prio), thr, cfg.method == "diou")
         keep = torch.zeros_like(kept).index_put_((prio,), kept).nonzero().squeeze(1)
-    keep = keep[_top_per_image(img[keep], score[keep], cfg.max_det, num_images)]  # by image, score
-    counts = torch.bincount(img[keep], minlength=num_images)
+    keep = keep.index_select(
+        0, _top_per_image(img.index_select(0, keep), score.index_select(0, keep), cfg.max_det, num_images)
+    )
+    counts = torch.bincount(img.index_select(0, keep), minlength=num_images)  # by image, then score
     short = (counts < cfg.max_det) & (torch.bincount(img, minlength=num_images) >= pre_nms_topk)
     short &= pre_nms_topk < cfg.pre_nms_topk
-    img, label, score, cand_boxes = img[keep], label[keep], score[keep], cand_boxes[keep]
+    label, score, cand_boxes = (t.index_select(0, keep) for t in (label, score, cand_boxes))
     counts = counts.tolist()
     parts = zip(cand_boxes.split(counts), score.split(counts), label.split(counts), strict=True)
     return [Detections(*part) for part in parts], short
