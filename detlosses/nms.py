@@ -145,35 +145,29 @@ def _ordered_bits(x: torch.Tensor) -> torch.Tensor:
     return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).long() + 2**31
 
 
-def _first_per_image(img: torch.Tensor, k: int, num_images: int) -> torch.Tensor:
-    """Mask of the first ``k`` entries of each image; ``img`` is sorted."""
-    counts = torch.bincount(img, minlength=num_images)
-    starts = counts.cumsum(0) - counts
-    return torch.arange(img.numel(), device=img.device) - starts.index_select(0, img) < k
-
-
 def _top_per_image(img: torch.Tensor, score: torch.Tensor, k: int, num_images: int, always_sort: bool = True):
-    """Indices of the ``k`` highest scores of each image, sorted by image, then score
-    (descending), then index; ``img`` is sorted and scores are > 0. Without
-    ``always_sort``, an input with no image past ``k`` comes back as it is (all indices).
+    """Indices of the ``k`` highest scores of each image (equal scores: the lower index first);
+    ``img`` is sorted and scores are > 0. Sorted by image, then score (descending), then
+    index; without ``always_sort`` in index order.
 
     Images with more than ``k`` entries first find their k-th highest score with one
-    ``topk`` over an image-padded copy, so only about ``k`` entries per image are sorted.
+    ``topk`` over an image-padded copy: entries above it are in, and of those equal to it the
+    first ones in index order, until the image holds ``k``.
     """
     idx = torch.arange(score.numel(), device=score.device)
     counts = torch.bincount(img, minlength=num_images)
-    cut = score.numel() > 0 and int(counts.max()) > k
-    if not (cut or always_sort):
-        return idx
-    if cut:
-        rank = idx - (counts.cumsum(0) - counts)[img]
+    if score.numel() and int(counts.max()) > k:
+        starts = (counts.cumsum(0) - counts).index_select(0, img)  # (N,) first entry of its image
         padded = score.new_full((num_images, int(counts.max())), -math.inf)
-        padded[img, rank] = score
-        kth = padded.topk(k, dim=1, sorted=False).values.amin(1)  # (B,), -inf below k entries
-        idx = (score >= kth.index_select(0, img)).nonzero().squeeze(1)  # ties at the k-th score are all here
-    idx = idx.index_select(0, _score_key(img.index_select(0, idx), score.index_select(0, idx)).argsort(stable=True))
-    if cut:
-        idx = idx.index_select(0, _first_per_image(img.index_select(0, idx), k, num_images).nonzero().squeeze(1))
+        padded[img, idx - starts] = score
+        kth = padded.topk(k, dim=1, sorted=False).values.amin(1).index_select(0, img)  # (N,), -inf below k entries
+        above, tied = score > kth, score == kth
+        room = k - torch.zeros_like(counts).index_add_(0, img, above.long())  # (B,) places left for ties
+        ties_before = tied.long().cumsum(0) - tied.long()  # (N,) equal to the k-th score, earlier in the batch
+        ties_before -= ties_before.index_select(0, starts)  # ... earlier in the image
+        idx = (above | (tied & (ties_before < room.index_select(0, img)))).nonzero().squeeze(1)
+    if always_sort:
+        idx = idx.index_select(0, _score_key(img.index_select(0, idx), score.index_select(0, idx)).argsort(stable=True))
     return idx
 
 
@@ -181,9 +175,8 @@ def _candidates(
     scores: torch.Tensor, score_thr: float, pre_nms_topk: int, multi_label: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(image, anchor, label, score) of the candidates, each (N,): at most ``pre_nms_topk``
-    per image, image-major; within an image by position in ``scores``, or after a top-k cut
-    by score (descending), then position; ``anchor`` indexes the flattened (B * A) anchors.
-    ``scores`` must be finite.
+    per image (the highest scores; equal scores by position), by image, then position in
+    ``scores``; ``anchor`` indexes the flattened (B * A) anchors. ``scores`` must be finite.
 
     ``scores`` is read once, by a per-anchor max; only the rows of anchors whose max passes
     the threshold and ranks among the ``pre_nms_topk`` highest of its image are gathered (no
@@ -611,7 +604,7 @@ def _detections(
     cand_boxes = boxes.reshape(-1, 4).index_select(0, anchor)  # (N, 4)
     groups = img if cfg.class_agnostic else img * num_classes + label
 
-    # candidates are by image, then position or score; equal scores always by position
+    # candidates are by image, then position
     if cfg.method == "soft":
         score = _soft_nms(cand_boxes, score, groups, cfg.sigma, cfg.score_thr)
         keep = (score > cfg.score_thr).nonzero().squeeze(1)
