@@ -369,20 +369,82 @@ def _greedy_nms(
 
 
 def _soft_nms(
-    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, sigma: float, score_thr: float
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    groups: torch.Tensor,
+    images: torch.Tensor,
+    sigma: float,
+    score_thr: float,
+    max_det: int,
 ) -> torch.Tensor:
     """Gaussian soft-NMS within groups; the score of each box when selected, (N,), -inf for
-    boxes that fell to ``score_thr`` or below first.
+    boxes that fell to ``score_thr`` or below first or that cannot be among the ``max_det``
+    highest final scores of their image (``images``: (N,) sorted image index).
 
     Greedy soft-NMS selects the highest-scoring remaining box of a group, then decays every
-    other remaining box, s_j <- s_j * exp(-IoU(M, b_j)^2 / sigma). Only overlapping boxes
-    (IoU > 0) decay each other, and scores only fall, so a remaining box that outscores all
-    its remaining overlapping boxes (ties: the lower index) is selected before any of them,
-    at its current score, whatever happens elsewhere in the group. Each round therefore
-    selects every such box at once and applies their decays: the same selections and scores
-    as the one-box-a-step loop, in as many rounds as the longest chain of overlaps (a box
-    decayed by several boxes of one round gets exp of the summed exponents: equal up to
-    float rounding).
+    other remaining box, s_j <- s_j * exp(-IoU(M, b_j)^2 / sigma); see :func:`_soft_nms_rounds`.
+
+    Only the ``max_det`` highest final scores of an image are output, so an image first runs
+    on its candidates scoring >= tau, its k-th highest score (k = ``_SOFT_FIRST_CUT * max_det``).
+    That is exact for every selection scoring >= tau: a left-out box d (score s_d < tau) is
+    never the highest remaining box of its group while one scores above s_d, so it neither
+    decays nor blocks any box until its group's selections have fallen to s_d or below — and
+    scores only fall. An image with ``max_det`` such selections (above ``score_thr``) is done:
+    its other selections all score < tau; every other image runs again with k four times as large.
+    """
+    final = torch.full_like(scores, -math.inf)
+    if not scores.numel():
+        return final
+    num_images = int(images[-1]) + 1
+    todo = torch.arange(scores.numel(), device=scores.device)  # (T,) candidates of unfinished images
+    k = _SOFT_FIRST_CUT * max_det
+    while todo.numel():
+        img = images[todo]
+        tau = _kth_per_image(img, scores[todo], k, num_images)  # (B,), -inf: image not cut
+        run = todo[scores[todo] >= tau[img]]  # (R,)
+        run_img, run_tau = images[run], tau[images[run]]
+        selected = _soft_nms_rounds(boxes[run], scores[run], groups[run], sigma, score_thr)  # (R,)
+        exact = (selected >= run_tau) & (selected > score_thr)
+        done = (tau == -math.inf) | (torch.bincount(run_img[exact], minlength=num_images) >= max_det)  # (B,)
+        finished = done[run_img]
+        final[run[finished]] = selected[finished].where(exact[finished], -math.inf)
+        todo = todo[~done[img]]
+        k *= 4
+    return final
+
+
+# _soft_nms first runs on this many times max_det candidates of each image (the highest scores)
+_SOFT_FIRST_CUT = 4
+
+
+def _kth_per_image(img: torch.Tensor, score: torch.Tensor, k: int, num_images: int) -> torch.Tensor:
+    """(num_images,) the k-th highest score of each image, -inf for an image with at most k
+    entries; ``img`` is sorted."""
+    counts = torch.bincount(img, minlength=num_images)
+    kth = score.new_full((num_images,), -math.inf)
+    most = int(counts.max()) if score.numel() else 0
+    if most <= k:
+        return kth
+    rank = torch.arange(score.numel(), device=score.device) - (counts.cumsum(0) - counts)[img]
+    padded = score.new_full((num_images, most), -math.inf)
+    padded[img, rank] = score
+    top = padded.topk(k, dim=1, sorted=False).values.amin(1)
+    return torch.where(counts > k, top, kth)
+
+
+def _soft_nms_rounds(
+    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, sigma: float, score_thr: float
+) -> torch.Tensor:
+    """Gaussian soft-NMS within groups, all groups at once; the score of each box when
+    selected, (N,), -inf for boxes that fell to ``score_thr`` or below first.
+
+    Only overlapping boxes (IoU > 0) decay each other, and scores only fall, so a remaining
+    box that outscores all its remaining overlapping boxes (ties: the lower index) is
+    selected before any of them, at its current score, whatever happens elsewhere in the
+    group. Each round therefore selects every such box at once and applies their decays: the
+    same selections and scores as the one-box-a-step loop, in as many rounds as the longest
+    chain of overlaps (a box decayed by several boxes of one round gets exp of the summed
+    exponents: equal up to float rounding).
     """
     final = torch.full_like(scores, -math.inf)
     if not scores.numel():
@@ -471,7 +533,7 @@ def multiclass_nms(
 
     # candidates are by image, then position or score; equal scores always by position
     if cfg.method == "soft":
-        score = _soft_nms(cand_boxes, score, groups, cfg.sigma, cfg.score_thr)
+        score = _soft_nms(cand_boxes, score, groups, img, cfg.sigma, cfg.score_thr, cfg.max_det)
         keep = (score > cfg.score_thr).nonzero().squeeze(1)
     else:
         # torchvision compares the float32 IoU with the threshold as a double
