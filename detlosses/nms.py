@@ -384,13 +384,14 @@ def _soft_nms(
     Greedy soft-NMS selects the highest-scoring remaining box of a group, then decays every
     other remaining box, s_j <- s_j * exp(-IoU(M, b_j)^2 / sigma); see :func:`_soft_nms_rounds`.
 
-    Only the ``max_det`` highest final scores of an image are output, so an image first runs
-    on its candidates scoring >= tau, its k-th highest score (k = ``_SOFT_FIRST_CUT * max_det``).
-    That is exact for every selection scoring >= tau: a left-out box d (score s_d < tau) is
-    never the highest remaining box of its group while one scores above s_d, so it neither
-    decays nor blocks any box until its group's selections have fallen to s_d or below — and
-    scores only fall. An image with ``max_det`` such selections (above ``score_thr``) is done:
-    its other selections all score < tau; every other image runs again with k four times as large.
+    Only the ``max_det`` highest final scores of an image are output, so an image with more
+    than 4k candidates (k = ``_SOFT_FIRST_CUT * max_det``) first runs on those scoring >= tau,
+    its k-th highest score. That is exact for every selection scoring >= tau: a left-out box d
+    (score s_d < tau) is never the highest remaining box of its group while one scores above
+    s_d, so it neither decays nor blocks any box until its group's selections have fallen to
+    s_d or below — and scores only fall. An image with ``max_det`` such selections (above
+    ``score_thr``) is done: its other selections all score < tau. The other images run again
+    with k four times as large (so a failed cut costs at most about a quarter more).
     """
     final = torch.full_like(scores, -math.inf)
     if not scores.numel():
@@ -400,7 +401,7 @@ def _soft_nms(
     k = _SOFT_FIRST_CUT * max_det
     while todo.numel():
         img = images[todo]
-        tau = _kth_per_image(img, scores[todo], k, num_images)  # (B,), -inf: image not cut
+        tau = _kth_per_image(img, scores[todo], k, 4 * k, num_images)  # (B,), -inf: image not cut
         run = todo[scores[todo] >= tau[img]]  # (R,)
         run_img, run_tau = images[run], tau[images[run]]
         selected = _soft_nms_rounds(boxes[run], scores[run], groups[run], sigma, score_thr)  # (R,)
@@ -417,19 +418,19 @@ def _soft_nms(
 _SOFT_FIRST_CUT = 4
 
 
-def _kth_per_image(img: torch.Tensor, score: torch.Tensor, k: int, num_images: int) -> torch.Tensor:
-    """(num_images,) the k-th highest score of each image, -inf for an image with at most k
-    entries; ``img`` is sorted."""
+def _kth_per_image(img: torch.Tensor, score: torch.Tensor, k: int, min_count: int, num_images: int) -> torch.Tensor:
+    """(num_images,) the k-th highest score of each image with more than ``min_count`` >= k
+    entries, -inf for the others; ``img`` is sorted."""
     counts = torch.bincount(img, minlength=num_images)
     kth = score.new_full((num_images,), -math.inf)
     most = int(counts.max()) if score.numel() else 0
-    if most <= k:
+    if most <= min_count:
         return kth
     rank = torch.arange(score.numel(), device=score.device) - (counts.cumsum(0) - counts)[img]
     padded = score.new_full((num_images, most), -math.inf)
     padded[img, rank] = score
     top = padded.topk(k, dim=1, sorted=False).values.amin(1)
-    return torch.where(counts > k, top, kth)
+    return torch.where(counts > min_count, top, kth)
 
 
 def _soft_nms_rounds(
