@@ -452,18 +452,19 @@ def _soft_nms_rounds(
         return final
     p, q, _ = _suppression_edges(boxes, groups, 0.0, keep_all_groups=True)  # pairs with IoU > 0
     log_decay = -box_iou(boxes[p], boxes[q], aligned=True).square() / sigma  # (E,)
-    a, b, log_decay = torch.cat([p, q]), torch.cat([q, p]), torch.cat([log_decay, log_decay])  # both ways
+    p, q = torch.minimum(p, q), torch.maximum(p, q)  # p wins ties
     alive = scores > score_thr
     while alive.any():
-        live = alive[a] & alive[b]
-        a, b, log_decay = a[live], b[live], log_decay[live]
-        beats = (scores[a] > scores[b]) | ((scores[a] == scores[b]) & (a < b))  # a is selected first
-        beaten = torch.zeros_like(alive).index_fill_(0, b[beats], True)
-        selected = alive & ~beaten
+        live = (alive[p] & alive[q]).nonzero().squeeze(1)  # pairs of remaining boxes
+        p, q, log_decay = p[live], q[live], log_decay[live]
+        p_first = scores[p] >= scores[q]  # (E,) p is selected before q
+        winner, loser = torch.where(p_first, p, q), torch.where(p_first, q, p)
+        beaten = torch.zeros_like(scores, dtype=torch.int32).index_add_(0, loser, torch.ones_like(loser, dtype=torch.int32))
+        selected = alive & (beaten == 0)
         final = torch.where(selected, scores, final)
         alive &= ~selected
-        hit = selected[a]  # a selected, b still remaining
-        scores = scores * torch.zeros_like(scores).index_add_(0, b[hit], log_decay[hit]).exp()
+        hit = selected[winner]  # the loser is still remaining
+        scores = scores * torch.zeros_like(scores).index_add_(0, loser, log_decay.where(hit, 0.0)).exp()
         alive &= scores > score_thr
     return final
 
