@@ -459,8 +459,7 @@ def _soft_nms_rounds(
         p, q, log_decay = p[live], q[live], log_decay[live]
         p_first = scores[p] >= scores[q]  # (E,) p is selected before q
         winner, loser = torch.where(p_first, p, q), torch.where(p_first, q, p)
-        beaten = torch.zeros_like(scores, dtype=torch.int32).index_add_(0, loser, torch.ones_like(loser, dtype=torch.int32))
-        selected = alive & (beaten == 0)
+        selected = alive & (torch.bincount(loser, minlength=scores.numel()) == 0)  # beaten by no remaining box
         final = torch.where(selected, scores, final)
         alive &= ~selected
         hit = selected[winner]  # the loser is still remaining
