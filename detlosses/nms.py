@@ -38,9 +38,6 @@ __all__ = ["NMS_METHODS", "Detections", "MultiClassNMS", "NMSSettings", "multicl
 
 NMS_METHODS = ("hard", "soft", "diou")
 _INT64_MAX = 2**63 - 1
-# Box pairs whose overlap is computed at once: bounds the memory of the pair kernel and keeps
-# its temporaries in cache.
-_PAIR_CHUNK = 1 << 17
 # A group whose boxes have more than this many window partners each, on average, goes to
 # torchvision's kernel instead (it skips suppressed boxes, which pays off in heavy clusters).
 _PAIRS_PER_BOX_FOR_TORCHVISION = 24
@@ -242,82 +239,6 @@ def _float32_below(value: float) -> float:
     return struct.unpack("<f", struct.pack("<i", bits))[0]
 
 
-def _window_iou(cols: list[torch.Tensor], p: torch.Tensor, width: int) -> torch.Tensor:
-    """(P, width) IoU of each box p with boxes p + 1 .. p + width of the (padded) columns
-    x1, y1, x2, y2, area, with the operations of torchvision's CPU NMS kernel in its order,
-    so every value is bit-identical to the one the kernel compares."""
-    (x1p, y1p, x2p, y2p, area_p), (x1q, y1q, x2q, y2q, area_q) = (
-        [c[p, None] for c in cols],
-        [c.unfold(0, width, 1).index_select(0, p + 1) for c in cols],  # runs of `width`
-    )
-    w = (torch.minimum(x2p, x2q) - torch.maximum(x1p, x1q)).clamp_(min=0)
-    h = (torch.minimum(y2p, y2q) - torch.maximum(y1p, y1q)).clamp_(min=0)
-    inter = w.mul_(h)
-    return inter.div_((area_p + area_q).sub_(inter))
-
-
-def _suppression_edges(
-    boxes: torch.Tensor, groups: torch.Tensor, iou_thr: float, diou: bool = False, keep_all_groups: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every pair (p, q), p < q, of boxes of the same group whose IoU (DIoU if ``diou``)
-        is > ``iou_thr``, as index tensors (E,), and the groups left to torchvision's kernel
-        (bool (num groups,); none for DIoU or with ``keep_all_groups``).
-
-        Only pairs that can overlap by more than ``iou_thr`` are looked at: IoU > t needs an
-        x-overlap > t * max(w_p, w_q), so with the group's boxes sorted by x1 the partners of p
-        are the next boxes with x1 < x2_p - t * w_p (counted by one ``searchsorted``; the bound
-        is loosened by a margin that covers float rounding, the exact test decides). Their IoUs
-        are computed for boxes with similar numbers of partners together, each against its next
-    (group's most) partners, read as strided windows of the x-sorted columns. DIoU <= IoU
-        (box_iou's, up to rounding), so DIoU pairs are the IoU pairs above t - 1e-5 that pass
-        box_iou's DIoU test.
-    """
-    num = groups.numel()
-    keys = groups << 32 | _ordered_bits(boxes[:, 0])
-    by_x = keys.argsort()  # (N,) by group, then x1
-    keys = keys[by_x]
-    grp, bx = groups[by_x], boxes[by_x]
-    x1s, x2s = bx[:, 0], bx[:, 2]
-    bound = x2s - (0.999 * iou_thr) * (x2s - x1s) + 1e-5 * (x1s.abs() + x2s.abs())
-    end = torch.searchsorted(keys, grp << 32 | _ordered_bits(bound), right=True)  # (N,)
-    pos = torch.arange(num, device=boxes.device)
-    count = (end - pos - 1).clamp_(min=0)  # window partners of each box
-    num_groups = int(groups.max()) + 1
-    group_pairs = torch.zeros(num_groups, dtype=torch.long, device=boxes.device).index_add_(0, grp, count)
-    group_size = torch.bincount(groups, minlength=num_groups)
-    to_torchvision = group_pairs > _PAIRS_PER_BOX_FOR_TORCHVISION * group_size
-    to_torchvision &= not (diou or keep_all_groups)
-    count = count.masked_fill_(to_torchvision[grp], 0)
-
-    # boxes with 2**(k-1) < partners <= 2**k share a window of width 2**k: at most twice the work
-    width_class = torch.frexp(count.float()).exponent  # (N,) k, 0 for no partners
-    pad = bx.new_zeros(2 * int(count.max()) + 1 if num else 1, 4)
-    x1, y1, x2, y2 = torch.cat([bx, pad]).unbind(1)
-    cols = [x1, y1, x2, y2, (x2 - x1) * (y2 - y1)]  # (N + pad,) contiguous; areas as the kernel's
-    thr = iou_thr - 1e-5 if diou else iou_thr
-    src, dst = [], []
-    widest = int(count.max()) if num else 0
-    if widest * num <= _PAIR_CHUNK:  # small: every box in one call, at the widest window
-        width_class = torch.where(count > 0, widest.bit_length(), 0)
-    for k in torch.bincount(width_class).nonzero().squeeze(1).tolist():  # the classes present
-        if k == 0:
-            continue
-        width = 1 << k
-        members = (width_class == k).nonzero().squeeze(1)
-        for p in members.split(max(1, _PAIR_CHUNK // width)):
-            hit = _window_iou(cols, p, width) > thr  # (P, width)
-            hit &= torch.arange(width, device=hit.device) < count[p, None]
-            row, step = hit.nonzero(as_tuple=True)
-            src.append(p[row])
-            dst.append(p[row] + 1 + step)
-    empty = torch.zeros(0, dtype=torch.long, device=boxes.device)
-    p, q = (torch.cat(src), torch.cat(dst)) if src else (empty, empty)
-    if diou:
-        hit = box_iou(bx[p], bx[q], mode="diou", aligned=True) > iou_thr
-        p, q = p[hit], q[hit]
-    return by_x[p], by_x[q], to_torchvision
-
-
 def _group_pair_edges(
     boxes: torch.Tensor, groups: torch.Tensor, iou_thr: float, diou: bool
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -342,11 +263,13 @@ def _group_pair_edges(
 
 
 def _sweep_edges(
-    boxes: torch.Tensor, groups: torch.Tensor, iou_thr: float, diou: bool
+    boxes: torch.Tensor, groups: torch.Tensor, iou_thr: float, diou: bool, keep_all_groups: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """As :func:`_suppression_edges` for hard and DIoU NMS (``iou_thr`` >= 0), with fewer and
-    larger operations: the pairs (p, q), p < q, of a group whose IoU (DIoU) is > ``iou_thr``
-    and the groups left to torchvision's kernel.
+    """The pairs (p, q) of boxes of the same group whose IoU (DIoU if ``diou``) is
+    > ``iou_thr`` (>= 0), as index tensors (E,) into ``boxes``, and the groups left to
+    torchvision's kernel (bool (num groups,), their pairs not listed: groups whose boxes have
+    more than ``_PAIRS_PER_BOX_FOR_TORCHVISION`` x-partners each on average; none for DIoU
+    or with ``keep_all_groups``).
 
     With a group's boxes sorted by x1, q can overlap p by more than t only if
     x1_q < x2_p - t * w_p and y1_q < y2_p - t * h_p and y1_p < y2_q - t * h_q (IoU > t needs
@@ -377,7 +300,7 @@ def _sweep_edges(
     num_groups = int(groups.max()) + 1
     group_pairs = torch.zeros(num_groups, dtype=torch.long, device=boxes.device).index_add_(0, grp, count)
     to_torchvision = group_pairs > _PAIRS_PER_BOX_FOR_TORCHVISION * torch.bincount(groups, minlength=num_groups)
-    to_torchvision &= not diou
+    to_torchvision &= not (diou or keep_all_groups)
     tv_box = to_torchvision.index_select(0, grp)  # (N,)
     near &= ~tv_box[:, None]
     row, step = near.nonzero(as_tuple=True)
@@ -476,38 +399,101 @@ def _greedy_nms(
 
 
 def _soft_nms(
-    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, sigma: float, score_thr: float
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    groups: torch.Tensor,
+    images: torch.Tensor,
+    sigma: float,
+    score_thr: float,
+    max_det: int,
 ) -> torch.Tensor:
     """Gaussian soft-NMS within groups; the score of each box when selected, (N,), -inf for
-    boxes that fell to ``score_thr`` or below first.
+    boxes that fell to ``score_thr`` or below first or that cannot be among the ``max_det``
+    highest final scores of their image (``images``: (N,) sorted image index).
 
     Greedy soft-NMS selects the highest-scoring remaining box of a group, then decays every
-    other remaining box, s_j <- s_j * exp(-IoU(M, b_j)^2 / sigma). Only overlapping boxes
-    (IoU > 0) decay each other, and scores only fall, so a remaining box that outscores all
-    its remaining overlapping boxes (ties: the lower index) is selected before any of them,
-    at its current score, whatever happens elsewhere in the group. Each round therefore
-    selects every such box at once and applies their decays: the same selections and scores
-    as the one-box-a-step loop, in as many rounds as the longest chain of overlaps (a box
-    decayed by several boxes of one round gets exp of the summed exponents: equal up to
-    float rounding).
+    other remaining box, s_j <- s_j * exp(-IoU(M, b_j)^2 / sigma); see :func:`_soft_nms_rounds`.
+
+    Only the ``max_det`` highest final scores of an image are output, so an image with more
+    than 4k candidates (k = ``_SOFT_FIRST_CUT * max_det``) first runs on those scoring >= tau,
+    its k-th highest score. That is exact for every selection scoring >= tau: a left-out box d
+    (score s_d < tau) is never the highest remaining box of its group while one scores above
+    s_d, so it neither decays nor blocks any box until its group's selections have fallen to
+    s_d or below — and scores only fall. An image with ``max_det`` such selections (above
+    ``score_thr``) is done: its other selections all score < tau. The other images run again
+    with k four times as large (so a failed cut costs at most about a quarter more).
     """
     final = torch.full_like(scores, -math.inf)
     if not scores.numel():
         return final
-    p, q, _ = _suppression_edges(boxes, groups, 0.0, keep_all_groups=True)  # pairs with IoU > 0
+    num_images = int(images[-1]) + 1
+    todo = torch.arange(scores.numel(), device=scores.device)  # (T,) candidates of unfinished images
+    k = _SOFT_FIRST_CUT * max_det
+    while todo.numel():
+        img = images[todo]
+        tau = _kth_per_image(img, scores[todo], k, 4 * k, num_images)  # (B,), -inf: image not cut
+        run = todo[scores[todo] >= tau[img]]  # (R,)
+        run_img, run_tau = images[run], tau[images[run]]
+        selected = _soft_nms_rounds(boxes[run], scores[run], groups[run], sigma, score_thr)  # (R,)
+        exact = (selected >= run_tau) & (selected > score_thr)
+        done = (tau == -math.inf) | (torch.bincount(run_img[exact], minlength=num_images) >= max_det)  # (B,)
+        finished = done[run_img]
+        final[run[finished]] = selected[finished].where(exact[finished], -math.inf)
+        todo = todo[~done[img]]
+        k *= 4
+    return final
+
+
+# _soft_nms first runs on this many times max_det candidates of each image (the highest scores)
+_SOFT_FIRST_CUT = 4
+
+
+def _kth_per_image(img: torch.Tensor, score: torch.Tensor, k: int, min_count: int, num_images: int) -> torch.Tensor:
+    """(num_images,) the k-th highest score of each image with more than ``min_count`` >= k
+    entries, -inf for the others; ``img`` is sorted."""
+    counts = torch.bincount(img, minlength=num_images)
+    kth = score.new_full((num_images,), -math.inf)
+    most = int(counts.max()) if score.numel() else 0
+    if most <= min_count:
+        return kth
+    rank = torch.arange(score.numel(), device=score.device) - (counts.cumsum(0) - counts)[img]
+    padded = score.new_full((num_images, most), -math.inf)
+    padded[img, rank] = score
+    top = padded.topk(k, dim=1, sorted=False).values.amin(1)
+    return torch.where(counts > min_count, top, kth)
+
+
+def _soft_nms_rounds(
+    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, sigma: float, score_thr: float
+) -> torch.Tensor:
+    """Gaussian soft-NMS within groups, all groups at once; the score of each box when
+    selected, (N,), -inf for boxes that fell to ``score_thr`` or below first.
+
+    Only overlapping boxes (IoU > 0) decay each other, and scores only fall, so a remaining
+    box that outscores all its remaining overlapping boxes (ties: the lower index) is
+    selected before any of them, at its current score, whatever happens elsewhere in the
+    group. Each round therefore selects every such box at once and applies their decays: the
+    same selections and scores as the one-box-a-step loop, in as many rounds as the longest
+    chain of overlaps (a box decayed by several boxes of one round gets exp of the summed
+    exponents: equal up to float rounding).
+    """
+    final = torch.full_like(scores, -math.inf)
+    if not scores.numel():
+        return final
+    p, q, _ = _sweep_edges(boxes, groups, 0.0, diou=False, keep_all_groups=True)  # pairs with IoU > 0
     log_decay = -box_iou(boxes[p], boxes[q], aligned=True).square() / sigma  # (E,)
-    a, b, log_decay = torch.cat([p, q]), torch.cat([q, p]), torch.cat([log_decay, log_decay])  # both ways
+    p, q = torch.minimum(p, q), torch.maximum(p, q)  # p wins ties
     alive = scores > score_thr
     while alive.any():
-        live = alive[a] & alive[b]
-        a, b, log_decay = a[live], b[live], log_decay[live]
-        beats = (scores[a] > scores[b]) | ((scores[a] == scores[b]) & (a < b))  # a is selected first
-        beaten = torch.zeros_like(alive).index_fill_(0, b[beats], True)
-        selected = alive & ~beaten
+        live = (alive[p] & alive[q]).nonzero().squeeze(1)  # pairs of remaining boxes
+        p, q, log_decay = p[live], q[live], log_decay[live]
+        p_first = scores[p] >= scores[q]  # (E,) p is selected before q
+        winner, loser = torch.where(p_first, p, q), torch.where(p_first, q, p)
+        selected = alive & (torch.bincount(loser, minlength=scores.numel()) == 0)  # beaten by no remaining box
         final = torch.where(selected, scores, final)
         alive &= ~selected
-        hit = selected[a]  # a selected, b still remaining
-        scores = scores * torch.zeros_like(scores).index_add_(0, b[hit], log_decay[hit]).exp()
+        hit = selected[winner]  # the loser is still remaining
+        scores = scores * torch.zeros_like(scores).index_add_(0, loser, log_decay.where(hit, 0.0)).exp()
         alive &= scores > score_thr
     return final
 
@@ -606,7 +592,7 @@ def _detections(
 
     # candidates are by image, then position
     if cfg.method == "soft":
-        score = _soft_nms(cand_boxes, score, groups, cfg.sigma, cfg.score_thr)
+        score = _soft_nms(cand_boxes, score, groups, img, cfg.sigma, cfg.score_thr, cfg.max_det)
         keep = (score > cfg.score_thr).nonzero().squeeze(1)
     else:
         # torchvision compares the float32 IoU with the threshold as a double

@@ -307,6 +307,32 @@ def test_soft_with_long_overlap_chains_equals_reference_loop():
     assert len(ours[0].scores) > 300
 
 
+@pytest.mark.parametrize("class_agnostic", [False, True])
+def test_soft_with_max_det_far_below_the_candidates_equals_reference_loop(class_agnostic):
+    # ~900 candidates per image, max_det 10: only the top final scores of each image are output
+    boxes, scores = random_batch(8, B=2, A=300, C=3)
+    args = (0.01, 0.5, 10, 1000, True, class_agnostic)
+    ours = multiclass_nms(boxes, scores, *args, method="soft", sigma=0.5)
+    assert_same(ours, reference(boxes, scores, "soft", *args, sigma=0.5), rtol=1e-6)
+    assert all(len(d.scores) == 10 for d in ours)
+
+
+def test_soft_output_from_far_below_the_top_scores_equals_reference_loop():
+    # image 0: the 100 highest scores sit on near-copies of one box (IoU ~1), so after its first
+    # selection they decay by ~exp(-2) each; the rest of image 0's top 5 final scores come
+    # from boxes ranked below 100 = 20 * max_det by score. Image 1: plain random boxes.
+    boxes, scores = random_batch(9, B=2, A=300, C=1)
+    g = torch.Generator().manual_seed(9)
+    cluster = scores[0, :, 0].argsort(descending=True)[:100]
+    boxes[0, cluster] = torch.tensor([40.0, 40.0, 70.0, 70.0]) + torch.rand(100, 4, generator=g) * 0.5
+    args = (0.01, 0.5, 5, 1000, True, False)
+    ours = multiclass_nms(boxes, scores, *args, method="soft", sigma=0.5)
+    assert_same(ours, reference(boxes, scores, "soft", *args, sigma=0.5), rtol=1e-6)
+    in_cluster = (ours[0].boxes[:, None] == boxes[0, cluster]).all(-1).any(1)
+    assert 1 <= int(in_cluster.sum()) < 5  # the cluster's first box and boxes ranked > 100
+    assert len(ours[1].scores) == 5
+
+
 @pytest.mark.parametrize("case", GREEDY_CASES)
 def test_diou_equals_reference_loop(case):
     score_thr, iou_thr, max_det, pre_nms_topk, multi_label, class_agnostic = case
