@@ -107,26 +107,49 @@ def _inside_pairs(
         yield start, local, order.index_select(0, pos)
 
 
-def _segment_topk(segment: torch.Tensor, index: torch.Tensor, value: torch.Tensor, k: int) -> torch.Tensor:
+def _segment_topk(
+    segment: torch.Tensor, index: torch.Tensor, value: torch.Tensor, k: int, num_index: int
+) -> torch.Tensor:
     """Per segment, the ``k`` largest values; ties go to the lower ``index``.
 
+    Elements are ranked by one int64 key, unique within a segment: the bit pattern of the
+    positive float32 value (which sorts like the value) above ``num_index - 1 - index``.
+    Segments are made contiguous (a stable sort by segment, unless they already are); those
+    of more than ``k`` elements are laid out, per bucket of lengths in (L / 2, L] with L a
+    power of two, as the rows of a padded (n, L) table of keys, and ``torch.topk`` picks
+    each row's ``k`` largest. No sort of the elements themselves.
+
     Args:
-        segment: (P,) long segment id; index: (P,) long tie-break key, unique per segment;
-        value: (P,) float32, > 0.
+        segment: (P,) long segment id; index: (P,) long tie-break key in [0, num_index),
+        unique per segment; value: (P,) float32, > 0.
 
     Returns:
         (P,) bool mask of the kept elements.
     """
-    # order by (segment, -value, index): a stable sort on index, then a stable sort on one
-    # int64 key for (segment, -value) — bit patterns of positive float32 sort like the values
-    order = torch.argsort(index, stable=True)
-    key = segment * 2**31 + (2**31 - 1 - value.view(torch.int32).long())
-    order = order.index_select(0, torch.argsort(key.index_select(0, order), stable=True))
-    _, counts = torch.unique_consecutive(segment.index_select(0, order), return_counts=True)
-    starts = torch.repeat_interleave(counts.cumsum(0) - counts, counts)  # (P,) segment start
-    rank = torch.arange(order.numel(), device=value.device) - starts
-    keep = torch.zeros_like(segment, dtype=torch.bool)
-    keep[order[rank < k]] = True
+    num = segment.numel()
+    order = None
+    if num > 1 and not bool((segment[1:] >= segment[:-1]).all()):
+        order = torch.argsort(segment, stable=True)
+        segment, index, value = segment[order], index[order], value[order]
+    index_bits = max(num_index - 1, 1).bit_length()
+    key = value.view(torch.int32).long() << index_bits | (num_index - 1 - index)  # (P,) > 0
+    _, counts = torch.unique_consecutive(segment, return_counts=True)
+    keep = torch.repeat_interleave(counts <= k, counts)  # short segments keep every element
+    starts = counts.cumsum(0) - counts
+    longest = int(counts.max()) if counts.numel() else 0
+    length = 1 << k.bit_length()  # the first power of two > k
+    while longest > k:
+        rows = ((counts > max(length // 2, k)) & (counts <= length)).nonzero().squeeze(1)
+        if rows.numel():
+            position = starts[rows, None] + torch.arange(length, device=key.device)  # (n, L)
+            present = position < (starts + counts)[rows, None]
+            table = key[position.clamp(max=num - 1)].masked_fill_(~present, -1)
+            keep[position.gather(1, table.topk(k, dim=1, sorted=False).indices)] = True
+        if length >= longest:
+            break
+        length *= 2
+    if order is not None:
+        keep = torch.empty_like(keep).scatter_(0, order, keep)
     return keep
 
 
@@ -340,11 +363,13 @@ class TaskAlignedAssigner(nn.Module):
         score = x.scores.view(-1).index_select(0, slot * num_classes + cls)  # (P,)
         return overlap, _alignment_metric(score, overlap, self.alpha, self.beta)
 
-    def _top_claims(self, slot: torch.Tensor, rows: torch.Tensor, overlap: torch.Tensor, metric: torch.Tensor):
+    def _top_claims(
+        self, x: _Batch, slot: torch.Tensor, rows: torch.Tensor, overlap: torch.Tensor, metric: torch.Tensor
+    ):
         """Step 3 on (P,) scored pairs: (slot, gt_flat, overlap, t) of each GT's top-k with t > 0."""
         positive = metric > 0
-        slot, rows, overlap, metric = (x[positive] for x in (slot, rows, overlap, metric))
-        keep = _segment_topk(rows, slot, metric, self.topk)
+        slot, rows, overlap, metric = slot[positive], rows[positive], overlap[positive], metric[positive]
+        keep = _segment_topk(rows, slot, metric, self.topk, x.batch * x.num_anchors)
         return slot[keep], rows[keep], overlap[keep], metric[keep]
 
     def _claims(self, x: _Batch, test_boxes: torch.Tensor, track_best: bool) -> tuple[tuple[torch.Tensor, ...], ...]:
@@ -362,7 +387,7 @@ class TaskAlignedAssigner(nn.Module):
             if track_best:
                 win = _resolve_claims(slot, rows, overlap, x.batch * x.num_anchors)
                 best.append((slot[win], rows[win], overlap[win]))
-            claims.append(self._top_claims(slot, rows, overlap, metric))
+            claims.append(self._top_claims(x, slot, rows, overlap, metric))
         claims = _cat(claims, x.valid, x.pred, 4)
         if best:
             slot, rows, overlap = _cat(best, x.valid, x.pred, 3)
@@ -427,7 +452,7 @@ class TaskAlignedAssigner(nn.Module):
                     )
                 )
         slot, gt_flat, overlap, metric, inside = (torch.cat(parts) for parts in zip(*found, strict=True))
-        keep = _segment_topk(gt_flat, slot, metric, self.topk) & inside
+        keep = _segment_topk(gt_flat, slot, metric, self.topk, b * a) & inside
         return slot[keep], gt_flat[keep], overlap[keep], metric[keep]
 
     def _resolve(
