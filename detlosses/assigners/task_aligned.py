@@ -29,6 +29,8 @@ _RESOLVES = ("claimants", "inside", "all")
 _PAIR_BUDGET = 1 << 21
 # bands of the pair search a box spans on average (see _inside_pairs)
 _BANDS_PER_BOX = 4
+# reach groups of the top-k-first search per doubling of the reach
+_REACH_STEPS = 4
 
 
 def _alignment_metric(score: torch.Tensor, overlap: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
@@ -169,8 +171,8 @@ def _reach_groups(points: torch.Tensor, pred_boxes: torch.Tensor) -> list[tuple[
 
     An anchor's reach is the largest distance from its point to a side of its predicted box
     in any image; a predicted box can overlap a GT only if the anchor point lies within the
-    GT grown by the reach. Anchors are grouped by ``floor(log2(reach + 1))`` so that each
-    group is searched with a margin close to its own reach.
+    GT grown by the reach. Anchors are grouped by ``floor(_REACH_STEPS * log2(reach + 1))``
+    so that each group is searched with a margin close to its own reach.
 
     Args:
         points: (A, 2); pred_boxes: (B, A, 4) xyxy.
@@ -181,7 +183,7 @@ def _reach_groups(points: torch.Tensor, pred_boxes: torch.Tensor) -> list[tuple[
     """
     reach = torch.cat([points - pred_boxes[..., :2], pred_boxes[..., 2:] - points], dim=-1)  # (B, A, 4)
     reach = reach.amax(dim=(0, 2)).clamp(min=0) if reach.numel() else points.new_zeros(points.shape[0])  # (A,)
-    group = torch.log2(reach + 1).floor().long()
+    group = torch.log2(reach + 1).mul(_REACH_STEPS).floor().long()
     groups = []
     for value in torch.unique(group).tolist():
         ids = (group == value).nonzero().squeeze(1)
@@ -425,10 +427,14 @@ class TaskAlignedAssigner(nn.Module):
         boxes = x.gt[rows]
         # (with alpha < 0, s**alpha is not bounded by 1: no bound)
         cover = theta.double().pow(1.0 / self.beta).float() * 0.99 if self.alpha >= 0 else torch.zeros_like(theta)
-        shrink = (cover[:, None] * (boxes[:, 2:] - boxes[:, :2])).repeat(1, 2)  # (V', 4)
+        size = boxes[:, 2:] - boxes[:, :2]  # (V', 2)
+        area = size.prod(1, keepdim=True)
         sign = boxes.new_tensor([-1.0, -1.0, 1.0, 1.0])
         found = [(slot, gt_flat, overlap, metric, torch.ones_like(slot, dtype=torch.bool))]
         for ids, margin in _reach_groups(x.points, x.pred.view(b, a, 4)):
+            # the predicted box's height is <= 2 * margin: x-overlap >= c * area / min(2 * margin, GT height)
+            side = size.flip(1).clamp(max=2 * margin)
+            shrink = torch.where(side > 0, cover[:, None] * area / side, 0.0).repeat(1, 2)  # (V', 4)
             region = boxes + sign * (margin - shrink)
             for start, local, point in _inside_pairs(x.points[ids], region, 0.0, self.chunk_size, _PAIR_BUDGET):
                 pair, pair_slot = start + local, x.slot_of(rows[start:][local], ids[point])
