@@ -166,28 +166,29 @@ def _grow_boxes(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
     return torch.cat([centre - size / 2, centre + size / 2], dim=1)
 
 
-def _reach_groups(points: torch.Tensor, pred_boxes: torch.Tensor) -> list[tuple[torch.Tensor, float]]:
+def _reach_groups(points: torch.Tensor, pred_boxes: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Anchors grouped by how far their predicted boxes reach, for the top-k-first search.
 
-    An anchor's reach is the largest distance from its point to a side of its predicted box
-    in any image; a predicted box can overlap a GT only if the anchor point lies within the
-    GT grown by the reach. Anchors are grouped by ``floor(_REACH_STEPS * log2(reach + 1))``
-    so that each group is searched with a margin close to its own reach.
+    An anchor's reach in x (in y) is the largest distance from its point to a left or right
+    (top or bottom) side of its predicted box in the images given; a predicted box can
+    overlap a GT only if the anchor point lies within the GT grown by the reach. Anchors are
+    grouped by ``floor(_REACH_STEPS * log2(max reach + 1))`` so that each group is searched
+    with margins close to its own reach.
 
     Args:
         points: (A, 2); pred_boxes: (B, A, 4) xyxy.
 
     Returns:
-        [(anchor ids (A_g,), margin)] with margin = the group's largest reach + 1 px (slack
-        for the rounding of the grown boxes).
+        [(anchor ids (A_g,), margin (2,))] with margin = the group's largest x and y reach
+        + 1 px (slack for the rounding of the grown boxes).
     """
-    reach = torch.cat([points - pred_boxes[..., :2], pred_boxes[..., 2:] - points], dim=-1)  # (B, A, 4)
-    reach = reach.amax(dim=(0, 2)).clamp(min=0) if reach.numel() else points.new_zeros(points.shape[0])  # (A,)
-    group = torch.log2(reach + 1).mul(_REACH_STEPS).floor().long()
+    reach = torch.maximum(points - pred_boxes[..., :2], pred_boxes[..., 2:] - points)  # (B, A, 2)
+    reach = reach.amax(0).clamp(min=0) if pred_boxes.shape[0] else points.new_zeros(points.shape)  # (A, 2)
+    group = torch.log2(reach.amax(1) + 1).mul(_REACH_STEPS).floor().long()
     groups = []
     for value in torch.unique(group).tolist():
         ids = (group == value).nonzero().squeeze(1)
-        groups.append((ids, float(reach[ids].max()) + 1.0))
+        groups.append((ids, reach[ids].amax(0) + 1.0))
     return groups
 
 
@@ -431,32 +432,36 @@ class TaskAlignedAssigner(nn.Module):
         area = size.prod(1, keepdim=True)
         sign = boxes.new_tensor([-1.0, -1.0, 1.0, 1.0])
         found = [(slot, gt_flat, overlap, metric, torch.ones_like(slot, dtype=torch.bool))]
-        for ids, margin in _reach_groups(x.points, x.pred.view(b, a, 4)):
-            # the predicted box's height is <= 2 * margin: x-overlap >= c * area / min(2 * margin, GT height)
-            side = size.flip(1).clamp(max=2 * margin)
-            shrink = torch.where(side > 0, cover[:, None] * area / side, 0.0).repeat(1, 2)  # (V', 4)
-            region = boxes + sign * (margin - shrink)
-            for start, local, point in _inside_pairs(x.points[ids], region, 0.0, self.chunk_size, _PAIR_BUDGET):
-                pair, pair_slot = start + local, x.slot_of(rows[start:][local], ids[point])
-                pair_rows = rows[pair]
-                # the IoU bound first (it drops most), then the inside pairs (the claims hold them)
-                iou = box_iou(x.pred.index_select(0, pair_slot), boxes[pair], aligned=True)
-                near = (iou >= cover[pair]).nonzero().squeeze(1)
-                pair, pair_slot, pair_rows = pair[near], pair_slot[near], pair_rows[near]
-                anchor = pair_slot % a
-                outside = ~_inside_mask(x.points[anchor], test_boxes[position[pair]], self.inside_margin)
-                pair, pair_slot, pair_rows = pair[outside], pair_slot[outside], pair_rows[outside]
-                pair_overlap, pair_metric = self._score(x, pair_slot, pair_rows)
-                reach = pair_metric >= theta[pair]
-                found.append(
-                    (
-                        pair_slot[reach],
-                        pair_rows[reach],
-                        pair_overlap[reach],
-                        pair_metric[reach],
-                        torch.zeros_like(pair[reach], dtype=torch.bool),
+        image_split = torch.searchsorted(rows, torch.arange(b + 1, device=rows.device) * g).tolist()
+        for image in range(b):
+            first, last = image_split[image], image_split[image + 1]
+            for ids, margin in _reach_groups(x.points, x.pred.view(b, a, 4)[image : image + 1]):
+                # a predicted box is <= 2 * margin high: x-overlap >= c * area / min(2 * margin_y, GT height)
+                side = size[first:last].flip(1).clamp(max=2 * margin.flip(0))
+                shrink = torch.where(side > 0, cover[first:last, None] * area[first:last] / side, 0.0)
+                region = boxes[first:last] + sign * (margin - shrink).repeat(1, 2)
+                for start, local, point in _inside_pairs(x.points[ids], region, 0.0, self.chunk_size, _PAIR_BUDGET):
+                    pair = first + start + local
+                    pair_slot = x.slot_of(rows[pair], ids[point])
+                    pair_rows = rows[pair]
+                    # the IoU bound first (it drops most), then the inside pairs (the claims hold them)
+                    iou = box_iou(x.pred.index_select(0, pair_slot), boxes[pair], aligned=True)
+                    near = (iou >= cover[pair]).nonzero().squeeze(1)
+                    pair, pair_slot, pair_rows = pair[near], pair_slot[near], pair_rows[near]
+                    anchor = pair_slot % a
+                    outside = ~_inside_mask(x.points[anchor], test_boxes[position[pair]], self.inside_margin)
+                    pair, pair_slot, pair_rows = pair[outside], pair_slot[outside], pair_rows[outside]
+                    pair_overlap, pair_metric = self._score(x, pair_slot, pair_rows)
+                    reach = pair_metric >= theta[pair]
+                    found.append(
+                        (
+                            pair_slot[reach],
+                            pair_rows[reach],
+                            pair_overlap[reach],
+                            pair_metric[reach],
+                            torch.zeros_like(pair[reach], dtype=torch.bool),
+                        )
                     )
-                )
         slot, gt_flat, overlap, metric, inside = (torch.cat(parts) for parts in zip(*found, strict=True))
         keep = _segment_topk(gt_flat, slot, metric, self.topk, b * a) & inside
         return slot[keep], gt_flat[keep], overlap[keep], metric[keep]
