@@ -45,7 +45,7 @@ def _alignment_metric(score: torch.Tensor, overlap: torch.Tensor, alpha: float, 
 
 
 def _inside_pairs(
-    points: torch.Tensor, boxes: torch.Tensor, eps: float, chunk_size: int | None, budget: int
+    points: torch.Tensor, boxes: torch.Tensor, eps: float | None, chunk_size: int | None, budget: int
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """All (box, point) pairs with the point strictly inside the box, a chunk of boxes at a time.
 
@@ -55,8 +55,10 @@ def _inside_pairs(
     with y1 < y < y2 (two binary searches), so they are the points strictly inside the box
     plus those of its first and last band outside it in x. Only these get the exact test
     (:func:`_inside_mask`, every side > ``eps`` >= 0), so the pairs are those of the dense
-    test. ``per_band`` is chosen so that a box spans ~:data:`_BANDS_PER_BOX` bands. A chunk
-    ends after ``chunk_size`` boxes or once its candidates number ``budget``.
+    test. With ``eps=None`` the candidates are yielded untested (a superset, for searches
+    whose pairs get a stricter test anyway). ``per_band`` is chosen so that a box spans
+    ~:data:`_BANDS_PER_BOX` bands. A chunk ends after ``chunk_size`` boxes or once its
+    candidates number ``budget``.
 
     Args:
         points: (A, 2); boxes: (N, 4) xyxy.
@@ -95,7 +97,7 @@ def _inside_pairs(
         new_chunk |= index % chunk_size == 0
     bounds = [*index[new_chunk].tolist(), boxes.shape[0]]
     range_bounds = torch.cat([range_first, range_first.new_tensor([range_box.numel()])])[bounds].tolist()
-    table = points.index_select(0, order)  # (A, 2) the points in key order
+    table = points.index_select(0, order) if eps is not None else None  # (A, 2) the points in key order
     for (start, stop), (r_start, r_stop) in zip(
         itertools.pairwise(bounds), itertools.pairwise(range_bounds), strict=True
     ):
@@ -103,9 +105,10 @@ def _inside_pairs(
         pos = base.index_select(0, pair_range)
         pos += torch.arange(pos.numel(), device=device) + first[start]
         local = range_box.index_select(0, pair_range) - start  # (P,)
-        box = boxes[start:stop].index_select(0, local)  # (P, 4)
-        inside = _inside_mask(table.index_select(0, pos), box, eps)
-        pos, local = pos[inside], local[inside]
+        if eps is not None:
+            box = boxes[start:stop].index_select(0, local)  # (P, 4)
+            inside = _inside_mask(table.index_select(0, pos), box, eps).nonzero().squeeze(1)
+            pos, local = pos.index_select(0, inside), local.index_select(0, inside)
         yield start, local, order.index_select(0, pos)
 
 
@@ -440,9 +443,9 @@ class TaskAlignedAssigner(nn.Module):
                 side = size[first:last].flip(1).clamp(max=2 * margin.flip(0))
                 shrink = torch.where(side > 0, cover[first:last, None] * area[first:last] / side, 0.0)
                 region = boxes[first:last] + sign * (margin - shrink).repeat(1, 2)
-                for start, local, point in _inside_pairs(x.points[ids], region, 0.0, self.chunk_size, _PAIR_BUDGET):
+                for start, local, point in _inside_pairs(x.points[ids], region, None, self.chunk_size, _PAIR_BUDGET):
                     pair = first + start + local
-                    pair_slot = x.slot_of(rows[pair], ids[point])
+                    pair_slot = ids[point] + image * a
                     pair_rows = rows[pair]
                     # the IoU bound first (it drops most), then the inside pairs (the claims hold them)
                     iou = box_iou(x.pred.index_select(0, pair_slot), boxes[pair], aligned=True)
@@ -541,7 +544,7 @@ class TaskAlignedAssigner(nn.Module):
             m0, m1, v0, v1 = anchor_split[i], anchor_split[i + 1], gt_split[i], gt_split[i + 1]
             if m0 == m1:
                 continue
-            for start, local, point in _inside_pairs(gt_centre[v0:v1], window[m0:m1], 0.0, None, _PAIR_BUDGET):
+            for start, local, point in _inside_pairs(gt_centre[v0:v1], window[m0:m1], None, None, _PAIR_BUDGET):
                 slot, rows = won_slot[m0 + start + local], x.valid[v0 + point]
                 overlap = self._overlap(x, slot, rows)
                 # merge this chunk's candidates into (best, winner): higher overlap, then lower row
