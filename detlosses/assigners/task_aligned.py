@@ -195,6 +195,16 @@ def _reach_groups(points: torch.Tensor, pred_boxes: torch.Tensor) -> list[tuple[
     return groups
 
 
+def _iou_at_least(
+    boxes1: torch.Tensor, boxes2: torch.Tensor, area1: torch.Tensor, area2: torch.Tensor, bound: torch.Tensor
+) -> torch.Tensor:
+    """Indices of the (P,) aligned xyxy box pairs whose intersection >= ``bound`` * union (no division)."""
+    width = torch.minimum(boxes1[:, 2], boxes2[:, 2]) - torch.maximum(boxes1[:, 0], boxes2[:, 0])
+    height = torch.minimum(boxes1[:, 3], boxes2[:, 3]) - torch.maximum(boxes1[:, 1], boxes2[:, 1])
+    inter = width.clamp_(min=0) * height.clamp_(min=0)
+    return (inter >= bound * (area1 + area2 - inter)).nonzero().squeeze(1)
+
+
 def _cat(parts: list[tuple[torch.Tensor, ...]], index: torch.Tensor, value: torch.Tensor, width: int):
     """Concatenate (long, long, float, ...) tuples of ``width`` tensors; empty ones without parts."""
     if parts:
@@ -432,7 +442,8 @@ class TaskAlignedAssigner(nn.Module):
         # (with alpha < 0, s**alpha is not bounded by 1: no bound)
         cover = theta.double().pow(1.0 / self.beta).float() * 0.99 if self.alpha >= 0 else torch.zeros_like(theta)
         size = boxes[:, 2:] - boxes[:, :2]  # (V', 2)
-        area = size.prod(1, keepdim=True)
+        area = size.prod(1)  # (V',)
+        pred_area = (x.pred[:, 2:] - x.pred[:, :2]).prod(1)  # (B * A,)
         sign = boxes.new_tensor([-1.0, -1.0, 1.0, 1.0])
         found = [(slot, gt_flat, overlap, metric, torch.ones_like(slot, dtype=torch.bool))]
         image_split = torch.searchsorted(rows, torch.arange(b + 1, device=rows.device) * g).tolist()
@@ -441,16 +452,21 @@ class TaskAlignedAssigner(nn.Module):
             for ids, margin in _reach_groups(x.points, x.pred.view(b, a, 4)[image : image + 1]):
                 # a predicted box is <= 2 * margin high: x-overlap >= c * area / min(2 * margin_y, GT height)
                 side = size[first:last].flip(1).clamp(max=2 * margin.flip(0))
-                shrink = torch.where(side > 0, cover[first:last, None] * area[first:last] / side, 0.0)
+                shrink = torch.where(side > 0, (cover * area)[first:last, None] / side, 0.0)
                 region = boxes[first:last] + sign * (margin - shrink).repeat(1, 2)
                 for start, local, point in _inside_pairs(x.points[ids], region, None, self.chunk_size, _PAIR_BUDGET):
                     pair = first + start + local
                     pair_slot = ids[point] + image * a
-                    pair_rows = rows[pair]
                     # the IoU bound first (it drops most), then the inside pairs (the claims hold them)
-                    iou = box_iou(x.pred.index_select(0, pair_slot), boxes[pair], aligned=True)
-                    near = (iou >= cover[pair]).nonzero().squeeze(1)
-                    pair, pair_slot, pair_rows = pair[near], pair_slot[near], pair_rows[near]
+                    near = _iou_at_least(
+                        x.pred.index_select(0, pair_slot),
+                        boxes.index_select(0, pair),
+                        pred_area.index_select(0, pair_slot),
+                        area.index_select(0, pair),
+                        cover.index_select(0, pair),
+                    )
+                    pair, pair_slot = pair[near], pair_slot[near]
+                    pair_rows = rows[pair]
                     anchor = pair_slot % a
                     outside = ~_inside_mask(x.points[anchor], test_boxes[position[pair]], self.inside_margin)
                     pair, pair_slot, pair_rows = pair[outside], pair_slot[outside], pair_rows[outside]
