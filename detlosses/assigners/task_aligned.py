@@ -256,16 +256,19 @@ class TaskAlignedAssigner(nn.Module):
 
     Padding rows never claim or win an anchor; with no valid GT every anchor is background.
 
-    Memory and time: the dense (G, A) tensors are never formed. Anchors are sorted by x and
-    by y once, and each GT tests only the anchors of its narrower x- or y-strip (found by
-    binary search). ``"topk_first"`` searches the strips of the GT grown by how far the
-    predicted boxes reach (an anchor whose predicted box misses the GT has t = 0); the
-    ``"inside"`` resolution walks the inside pairs a second time and scores those of the
-    contested anchors only, and ``"all"`` scores each contested anchor against the GTs of
-    its image in bounded chunks.
+    Memory and time: the dense (G, A) tensors are never formed. Anchors are sorted once into
+    bands of x and, within a band, by y; each GT tests only the anchors of the key ranges
+    of the bands its box spans (found by binary search), and one walk over these inside
+    pairs gives every variant's claims. Each GT's top-k is taken with ``torch.topk`` on
+    padded rows of one packed key, without sorting the pairs. ``"topk_first"`` then adds only
+    the anchors outside the GT that can outrank its weakest inside claim (their overlap,
+    hence their predicted box's reach, is bounded below, see :meth:`_topk_over_all`);
+    ``"inside"`` takes each contested anchor's best inside GT from the same walk, and
+    ``"all"`` compares it only with the GTs whose centre lies in a window the IoU bound
+    allows (see :meth:`_best_of_image`).
     GT rows are processed in chunks of at most ~2M tested pairs (and at most ``chunk_size``
-    rows if given); only the top-k claims of each GT outlive its chunk. The result does not
-    depend on the chunking.
+    rows if given); only the top-k claims of each GT and each anchor's best inside GT
+    outlive its chunk. The result does not depend on the chunking.
 
     Args:
         topk: anchors claimed per GT.
