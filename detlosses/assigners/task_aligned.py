@@ -30,7 +30,7 @@ _PAIR_BUDGET = 1 << 21
 # bands of the pair search a box spans on average (see _inside_pairs)
 _BANDS_PER_BOX = 4
 # reach groups of the top-k-first search per doubling of the reach
-_REACH_STEPS = 4
+_REACH_STEPS = 2
 
 
 def _alignment_metric(score: torch.Tensor, overlap: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
