@@ -474,14 +474,18 @@ class TaskAlignedAssigner(nn.Module):
                     outside = ~_inside_mask(x.points[anchor], test_boxes[position[pair]], self.inside_margin)
                     pair, pair_slot, pair_rows = pair[outside], pair_slot[outside], pair_rows[outside]
                     pair_overlap, pair_metric = self._score(x, pair_slot, pair_rows)
-                    reach = pair_metric >= theta[pair]
+                    # those reaching theta; beyond a GT's k best here none can be in its top-k
+                    reach = (pair_metric >= theta[pair]).nonzero().squeeze(1)
+                    pair_slot, pair_rows = pair_slot[reach], pair_rows[reach]
+                    pair_overlap, pair_metric = pair_overlap[reach], pair_metric[reach]
+                    best = _segment_topk(pair_rows, pair_slot, pair_metric, self.topk, b * a)
                     found.append(
                         (
-                            pair_slot[reach],
-                            pair_rows[reach],
-                            pair_overlap[reach],
-                            pair_metric[reach],
-                            torch.zeros_like(pair[reach], dtype=torch.bool),
+                            pair_slot[best],
+                            pair_rows[best],
+                            pair_overlap[best],
+                            pair_metric[best],
+                            torch.zeros_like(pair_slot[best], dtype=torch.bool),
                         )
                     )
         slot, gt_flat, overlap, metric, inside = (torch.cat(parts) for parts in zip(*found, strict=True))
