@@ -428,13 +428,15 @@ class TaskAlignedAssigner(nn.Module):
         """Top-k first from the inside top-k claims: those still in the GT's top-k over all anchors.
 
         An anchor outside the GT matters only if its t reaches the GT's weakest inside claim
-        theta. As s**alpha <= 1, that needs overlap >= c = theta**(1/beta), so the IoU too
-        (CIoU <= IoU), and an IoU >= c needs the predicted box to cover c of the GT's width and
-        of its height. A predicted box lies within its anchor's reach of the anchor point, so
-        the anchor point lies in the GT shrunk by c * (width, height) and grown by the reach:
-        each reach group is searched with that box (c taken 1 % low and 1 px slack against
-        rounding). The inside claims together with the found outside anchors of t >= theta
-        then give each GT's top-k over all anchors.
+        theta. As s**alpha <= 1 (alpha >= 0), that needs overlap >= c = theta**(1/beta), so
+        the IoU too (CIoU <= IoU), and an IoU >= c needs an intersection >= c * the GT's area,
+        so an x-overlap >= c * area / min(2 * reach_y, GT height) (the same in y). A predicted
+        box lies within its anchor's reach of the anchor point, so the anchor point lies in the
+        GT shrunk by that overlap and grown by the reach: each image's reach groups are
+        searched with that box (c taken 1 % low, 1 px slack against rounding). The found pairs
+        get the IoU bound, lose the inside pairs (the claims hold them), and keep t >= theta
+        and each GT's k best per chunk; with the inside claims they give each GT's top-k over
+        all anchors.
         """
         b, g, a = x.batch, x.num_gt, x.num_anchors
         weakest = metric.new_full((b * g,), torch.inf).scatter_reduce(0, gt_flat, metric, "amin")
