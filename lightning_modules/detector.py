@@ -25,6 +25,7 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.callbacks import Timer
+from pytorch_lightning.utilities import rank_zero_warn
 
 import detlosses.assigners  # noqa: F401  (registers the assigners the recipes name)
 from detlosses.criterion import DetectionCriterion
@@ -70,6 +71,16 @@ def build_criterion(criterion: str | Mapping[str, Any], num_classes: int, reg_ma
     if recipe is not None:
         return DetectionCriterion.from_recipe(recipe, num_classes=num_classes, reg_max=reg_max, **cfg)
     return DetectionCriterion(num_classes=num_classes, reg_max=reg_max, **cfg)
+
+
+def _warn_if_bf16_is_emulated() -> None:
+    """bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX) is emulated by oneDNN and
+    trains several times slower than float32 (an AVX2-only CPU: 3.5-9x); say so at set-up."""
+    if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        rank_zero_warn(
+            "trainer.precision is bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX): it is "
+            "emulated and trains several times slower than float32; use --trainer.precision 32 here"
+        )
 
 
 def coco_results(det: Detections, image_id: int, category_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
@@ -188,7 +199,10 @@ class OneStageDetector(pl.LightningModule):
 
     # ------------------------------------------------------------------ set-up
     def setup(self, stage: str) -> None:
-        """Take class names and COCO category ids from the data module when not given."""
+        """Take class names and COCO category ids from the data module when not given; warn
+        when bf16 runs on a CPU that can only emulate it."""
+        if self.trainer.strategy.root_device.type == "cpu" and str(self.trainer.precision).startswith("bf16"):
+            _warn_if_bf16_is_emulated()
         datamodule = self.trainer.datamodule
         for name in ("class_names", "category_ids"):
             if self.hparams.get(name) is None and getattr(datamodule, name, None) is not None:

@@ -197,6 +197,21 @@ def test_two_step_fit(shapes, precision):
     assert changed > 0.9  # nearly every tensor moved (the rest: unused-by-these-images corner cases)
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(shapes, monkeypatch, recwarn, native):
+    # the CPU's capabilities as torch reports them, faked both ways
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    model = OneStageDetector(_datamodule(shapes).num_classes)
+    trainer = _trainer(max_steps=1, precision="bf16-mixed")
+    trainer.strategy.connect(model)
+    model.trainer = trainer
+    model.setup("fit")
+    emulated = [w for w in recwarn if "without bf16 instructions" in str(w.message)]
+    assert len(emulated) == (0 if native else 1)
+    assert all("--trainer.precision 32" in str(w.message) for w in emulated)
+
+
 @pytest.mark.parametrize("recipe", ["gfl", "ppyoloe", "yolov8"])  # "tood" is the default above
 def test_each_recipe_trains(shapes, recipe):
     losses, changed = _fit_steps(shapes, criterion=recipe)
