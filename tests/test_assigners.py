@@ -512,6 +512,61 @@ def test_tal_variants_by_hand():
     assert res.fg_mask[0].nonzero().flatten().tolist() == [5, 6]
 
 
+def _crowded_case(seed: int):
+    """B = 3 on a 160 px image (strides 8/16/32, 525 anchors), 5 classes: image 0 holds 40 GTs of
+    4-100 px, crowded so that anchors have many claimants and rivals; image 1 has no valid GT;
+    image 2 holds GTs smaller than a cell (some contain no anchor) and one covering the image.
+    Predicted boxes are offset from their anchors (ltrb distances of 0.2-5 strides)."""
+    gen = torch.Generator().manual_seed(seed)
+    points = torch.cat([grid(160, s) for s in (8, 16, 32)])
+    strides = torch.cat([torch.full((grid(160, s).shape[0], 1), float(s)) for s in (8, 16, 32)])
+    b, a, g, c = 3, points.shape[0], 40, 5
+    ps = torch.rand(b, a, c, generator=gen)
+    ltrb = torch.empty(b, a, 4).uniform_(0.2, 5.0, generator=gen) * strides
+    pb = torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], -1)
+    centre = torch.rand(b, g, 2, generator=gen) * torch.tensor([60.0, 60.0]) + 50  # a crowded middle
+    size = torch.exp(torch.empty(b, g, 2).uniform_(1.4, 4.6, generator=gen))  # 4..100 px
+    gb = torch.cat([centre - size / 2, centre + size / 2], -1)
+    gb[2, :10] = torch.tensor([20.0, 20, 23, 23]) + torch.arange(10.0)[:, None] * 9  # < a cell
+    gb[2, 10] = torch.tensor([0.0, 0, 160, 160])
+    gl = torch.randint(0, c, (b, g), generator=gen)
+    gm = torch.ones(b, g, dtype=torch.bool)
+    gm[1] = False
+    gm[2, 11:] = False
+    return ps, pb, points, gl, gb, gm
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("order", ["inside_first", "topk_first"])
+@pytest.mark.parametrize("resolve", ["claimants", "inside", "all"])
+def test_tal_variants_on_a_crowded_batch_equal_dense_reference(seed, order, resolve):
+    # many GTs per anchor, predicted boxes off their anchors, an empty image and GTs without
+    # anchors: the searches (bands, reach groups, rival windows) against the dense semantics
+    case = _crowded_case(seed)
+    for kwargs in ({}, {"iou_type": "ciou", "min_gt_size": 16.0, "inside_margin": 0.01, "eps": 1e-7}):
+        kwargs = {"order": order, "resolve": resolve, **kwargs}
+        res = TaskAlignedAssigner(**kwargs)(*case)
+        assert res.fg_mask[0].sum() > 0 and not res.fg_mask[1].any()
+        assert_same(res, dense_task_aligned(*case, **kwargs))
+
+
+@pytest.mark.parametrize(
+    ("alpha", "beta", "order"),
+    [(1.0, 0.0, "inside_first"), (-0.5, 2.0, "topk_first"), (-0.5, 2.0, "inside_first")],
+)
+@pytest.mark.parametrize("resolve", ["claimants", "inside", "all"])
+def test_tal_exponents_without_overlap_bound_equal_dense_reference(alpha, beta, order, resolve):
+    # beta = 0: claims of zero overlap, so a contested anchor's rivals are not bounded by its
+    # claimants' overlap; alpha < 0: s**alpha > 1, so t does not bound the overlap
+    ps, pb, points, gl, gb, gm = _crowded_case(2)
+    ps = ps.clamp(min=0.05)
+    kwargs = {"alpha": alpha, "beta": beta, "order": order, "resolve": resolve}
+    assert_same(
+        TaskAlignedAssigner(**kwargs)(ps, pb, points, gl, gb, gm),
+        dense_task_aligned(ps, pb, points, gl, gb, gm, **kwargs),
+    )
+
+
 @settings(max_examples=40, deadline=None)
 @given(case=cases(), params=TAL_PARAMS, chunk=st.integers(1, 3), budget=st.integers(1, 40))
 def test_tal_chunked_equals_unchunked(case, params, chunk, budget):
