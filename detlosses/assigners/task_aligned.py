@@ -12,6 +12,7 @@ from torch import nn
 from ..boxes import box_iou
 from ..registry import ASSIGNERS
 from ._common import (
+    _best_gt_of_image,
     _build_result,
     _check_chunk_size,
     _check_inputs,
@@ -31,6 +32,9 @@ _PAIR_BUDGET = 1 << 21
 _BANDS_PER_BOX = 4
 # reach groups of the top-k-first search per doubling of the reach
 _REACH_STEPS = 2
+# searches with at most this many (box, point) pairs test every pair instead (small inputs: a
+# few large ops beat the many small ops of the sorted searches)
+_DENSE_PAIRS = 1 << 18
 
 
 def _alignment_metric(score: torch.Tensor, overlap: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
@@ -68,6 +72,9 @@ def _inside_pairs(
         indexing ``boxes[start:]`` and ``point`` indexing ``points``.
     """
     device = boxes.device
+    if boxes.shape[0] * points.shape[0] <= _DENSE_PAIRS:
+        yield from _all_pairs(points, boxes, eps, chunk_size, budget)
+        return
     distinct_x, x_rank = torch.unique(points[:, 0], sorted=True, return_inverse=True)
     distinct_y, y_rank = torch.unique(points[:, 1], sorted=True, return_inverse=True)
     # distinct-x ranks [q1, q2) and distinct-y ranks [r1, r2) lie strictly inside each box
@@ -110,6 +117,40 @@ def _inside_pairs(
             inside = _inside_mask(table.index_select(0, pos), box, eps).nonzero().squeeze(1)
             pos, local = pos.index_select(0, inside), local.index_select(0, inside)
         yield start, local, order.index_select(0, pos)
+
+
+def _all_pairs(
+    points: torch.Tensor, boxes: torch.Tensor, eps: float | None, chunk_size: int | None, budget: int
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """:func:`_inside_pairs` for small inputs: every (box, point) pair gets the exact test.
+
+    Chunks of at most ``chunk_size`` boxes and ``budget`` pairs (at least one box); with
+    ``eps=None`` every pair is yielded.
+    """
+    rows = max(1, min(chunk_size or boxes.shape[0], budget // max(points.shape[0], 1)))
+    for start in range(0, boxes.shape[0], rows):
+        chunk = boxes[start : start + rows, None]  # (n, 1, 4)
+        if eps is None:
+            inside = torch.ones(chunk.shape[0], points.shape[0], dtype=torch.bool, device=boxes.device)
+        else:
+            inside = _inside_mask(points, chunk, eps)  # (n, A)
+        local, point = inside.nonzero(as_tuple=True)
+        yield start, local, point
+
+
+def _ranges(start: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The integer ranges [start[i], start[i] + count[i]) laid end to end.
+
+    Args:
+        start, count: (N,) long, count >= 0.
+
+    Returns:
+        (owner, value), each (sum(count),): the range ``owner`` each value comes from.
+    """
+    owner = torch.repeat_interleave(torch.arange(start.numel(), device=start.device), count)
+    offset = count.cumsum(0) - count  # (N,) where each range begins in the output
+    value = torch.arange(owner.numel(), device=start.device) + (start - offset).index_select(0, owner)
+    return owner, value
 
 
 def _segment_topk(
@@ -224,6 +265,11 @@ class _Batch(NamedTuple):
     gt: torch.Tensor  # (B * G, 4) GT boxes
     points: torch.Tensor  # (A, 2)
     valid: torch.Tensor  # (V,) long, the valid rows b * G + g, ascending
+
+    @property
+    def small(self) -> bool:
+        """Whether every (valid GT, anchor) pair fits in :data:`_DENSE_PAIRS` (searches test them all)."""
+        return self.valid.numel() * self.num_anchors <= _DENSE_PAIRS
 
     def slot_of(self, rows: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
         """Anchor slots ``b * A + a`` of GT rows ``b * G + g`` and anchors ``a``."""
@@ -361,7 +407,8 @@ class TaskAlignedAssigner(nn.Module):
         if self.min_gt_size > 0:
             test_boxes = _grow_boxes(test_boxes, self.min_gt_size)
 
-        (slot, gt_flat, overlap, metric), best = self._claims(x, test_boxes, self.resolve != "claimants")
+        track_best = self.resolve == "inside" or (self.resolve == "all" and not x.small)
+        (slot, gt_flat, overlap, metric), best = self._claims(x, test_boxes, track_best)
         slot, gt_flat, overlap, metric = self._resolve(x, best, slot, gt_flat, overlap, metric)
         # normalisation over the anchors each GT holds: t * max_overlap / (max_t + eps)
         max_metric = metric.new_zeros(b * g).scatter_reduce(0, gt_flat, metric, "amax")
@@ -446,11 +493,69 @@ class TaskAlignedAssigner(nn.Module):
         boxes = x.gt[rows]
         # (with alpha < 0, s**alpha is not bounded by 1: no bound)
         cover = theta.double().pow(1.0 / self.beta).float() * 0.99 if self.alpha >= 0 else torch.zeros_like(theta)
+        area = (boxes[:, 2:] - boxes[:, :2]).prod(1)  # (V',)
+        pred_area = (x.pred[:, 2:] - x.pred[:, :2]).prod(1)  # (B * A,)
+        found = [(slot, gt_flat, overlap, metric, torch.ones_like(slot, dtype=torch.bool))]
+        for pair, pair_slot in self._near_pairs(x, rows, cover):
+            # the IoU bound first (it drops most), then the inside pairs (the claims hold them)
+            near = _iou_at_least(
+                x.pred.index_select(0, pair_slot),
+                boxes.index_select(0, pair),
+                pred_area.index_select(0, pair_slot),
+                area.index_select(0, pair),
+                cover.index_select(0, pair),
+            )
+            pair, pair_slot = pair[near], pair_slot[near]
+            pair_rows = rows[pair]
+            anchor = pair_slot % a
+            outside = ~_inside_mask(x.points[anchor], test_boxes[position[pair]], self.inside_margin)
+            pair, pair_slot, pair_rows = pair[outside], pair_slot[outside], pair_rows[outside]
+            pair_overlap, pair_metric = self._score(x, pair_slot, pair_rows)
+            # those reaching theta; beyond a GT's k best here none can be in its top-k
+            reach = (pair_metric >= theta[pair]).nonzero().squeeze(1)
+            pair_slot, pair_rows = pair_slot[reach], pair_rows[reach]
+            pair_overlap, pair_metric = pair_overlap[reach], pair_metric[reach]
+            best = _segment_topk(pair_rows, pair_slot, pair_metric, self.topk, b * a)
+            found.append(
+                (
+                    pair_slot[best],
+                    pair_rows[best],
+                    pair_overlap[best],
+                    pair_metric[best],
+                    torch.zeros_like(pair_slot[best], dtype=torch.bool),
+                )
+            )
+        slot, gt_flat, overlap, metric, inside = (torch.cat(parts) for parts in zip(*found, strict=True))
+        keep = _segment_topk(gt_flat, slot, metric, self.topk, b * a) & inside
+        return slot[keep], gt_flat[keep], overlap[keep], metric[keep]
+
+    def _near_pairs(
+        self, x: _Batch, rows: torch.Tensor, cover: torch.Tensor
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Candidate (GT, anchor) pairs of :meth:`_topk_over_all`, a chunk at a time.
+
+        Every pair whose predicted box can reach an IoU >= ``cover`` with the GT is among
+        them (the bound of :meth:`_topk_over_all`); with at most :data:`_DENSE_PAIRS` pairs in
+        all, every anchor of the GT's image is.
+
+        Args:
+            rows: (V',) long GT rows ``b * G + g``, ascending; cover: (V',) IoU bound.
+
+        Yields:
+            (pair, slot): (P,) long positions into ``rows`` and anchor slots ``b * A + a``.
+        """
+        b, g, a = x.batch, x.num_gt, x.num_anchors
+        if rows.numel() * a <= _DENSE_PAIRS:
+            per_chunk = max(1, _PAIR_BUDGET // max(a, 1))
+            for start in range(0, rows.numel(), per_chunk):
+                image = torch.div(rows[start : start + per_chunk], g, rounding_mode="floor")
+                pair, slot = _ranges(image * a, torch.full_like(image, a))
+                yield pair + start, slot
+            return
+        boxes = x.gt[rows]
         size = boxes[:, 2:] - boxes[:, :2]  # (V', 2)
         area = size.prod(1)  # (V',)
-        pred_area = (x.pred[:, 2:] - x.pred[:, :2]).prod(1)  # (B * A,)
         sign = boxes.new_tensor([-1.0, -1.0, 1.0, 1.0])
-        found = [(slot, gt_flat, overlap, metric, torch.ones_like(slot, dtype=torch.bool))]
         image_split = torch.searchsorted(rows, torch.arange(b + 1, device=rows.device) * g).tolist()
         for image in range(b):
             first, last = image_split[image], image_split[image + 1]
@@ -460,39 +565,7 @@ class TaskAlignedAssigner(nn.Module):
                 shrink = torch.where(side > 0, (cover * area)[first:last, None] / side, 0.0)
                 region = boxes[first:last] + sign * (margin - shrink).repeat(1, 2)
                 for start, local, point in _inside_pairs(x.points[ids], region, None, self.chunk_size, _PAIR_BUDGET):
-                    pair = first + start + local
-                    pair_slot = ids[point] + image * a
-                    # the IoU bound first (it drops most), then the inside pairs (the claims hold them)
-                    near = _iou_at_least(
-                        x.pred.index_select(0, pair_slot),
-                        boxes.index_select(0, pair),
-                        pred_area.index_select(0, pair_slot),
-                        area.index_select(0, pair),
-                        cover.index_select(0, pair),
-                    )
-                    pair, pair_slot = pair[near], pair_slot[near]
-                    pair_rows = rows[pair]
-                    anchor = pair_slot % a
-                    outside = ~_inside_mask(x.points[anchor], test_boxes[position[pair]], self.inside_margin)
-                    pair, pair_slot, pair_rows = pair[outside], pair_slot[outside], pair_rows[outside]
-                    pair_overlap, pair_metric = self._score(x, pair_slot, pair_rows)
-                    # those reaching theta; beyond a GT's k best here none can be in its top-k
-                    reach = (pair_metric >= theta[pair]).nonzero().squeeze(1)
-                    pair_slot, pair_rows = pair_slot[reach], pair_rows[reach]
-                    pair_overlap, pair_metric = pair_overlap[reach], pair_metric[reach]
-                    best = _segment_topk(pair_rows, pair_slot, pair_metric, self.topk, b * a)
-                    found.append(
-                        (
-                            pair_slot[best],
-                            pair_rows[best],
-                            pair_overlap[best],
-                            pair_metric[best],
-                            torch.zeros_like(pair_slot[best], dtype=torch.bool),
-                        )
-                    )
-        slot, gt_flat, overlap, metric, inside = (torch.cat(parts) for parts in zip(*found, strict=True))
-        keep = _segment_topk(gt_flat, slot, metric, self.topk, b * a) & inside
-        return slot[keep], gt_flat[keep], overlap[keep], metric[keep]
+                    yield first + start + local, ids[point] + image * a
 
     def _resolve(
         self,
@@ -506,7 +579,8 @@ class TaskAlignedAssigner(nn.Module):
         """Step 4: one (slot, gt_flat, overlap, t) per foreground anchor.
 
         ``best``: per anchor slot inside some GT, its inside GT of the highest overlap
-        (:meth:`_claims` with ``track_best``); used by ``"inside"`` and ``"all"``.
+        (:meth:`_claims` with ``track_best``); used by ``"inside"``, and by ``"all"`` unless
+        the input is small (then every valid GT of the image is compared, without a search).
         """
         b, a = x.batch, x.num_anchors
         if self.resolve == "claimants":
@@ -518,13 +592,17 @@ class TaskAlignedAssigner(nn.Module):
         if not contested.any():
             return slot, gt_flat, overlap, metric
         won_slot = contested.nonzero().squeeze(1)  # (M,) ascending
-        best_slot, best_gt, best_overlap = best
-        best_of_slot = best_gt.new_empty(b * a)
-        best_of_slot[best_slot] = torch.arange(best_slot.numel(), device=best_slot.device)
-        best_of_slot = best_of_slot[won_slot]  # (M,) every claimed anchor is inside its claimants
-        won_gt = best_gt[best_of_slot]
-        if self.resolve == "all":
-            won_gt = self._best_of_image(x, won_slot, won_gt, best_overlap[best_of_slot])
+        if self.resolve == "all" and x.small:  # every valid GT of the image, no window search
+            image = torch.div(won_slot, a, rounding_mode="floor")
+            won_gt = _best_gt_of_image(x.pred[won_slot], image, x.gt.view(b, -1, 4), x.valid, self.iou_type)
+        else:
+            best_slot, best_gt, best_overlap = best
+            best_of_slot = best_gt.new_empty(b * a)
+            best_of_slot[best_slot] = torch.arange(best_slot.numel(), device=best_slot.device)
+            best_of_slot = best_of_slot[won_slot]  # (M,) every claimed anchor is inside its claimants
+            won_gt = best_gt[best_of_slot]
+            if self.resolve == "all":
+                won_gt = self._best_of_image(x, won_slot, won_gt, best_overlap[best_of_slot])
         won_overlap, won_metric = self._score(x, won_slot, won_gt)
         return (
             torch.cat([slot[single], won_slot]),
