@@ -476,10 +476,12 @@ VARIANT_PARAMS = st.fixed_dictionaries(
 def test_tal_variants_equal_dense_reference(case, params, variant):
     alpha, beta = params["ab"]
     kwargs = {"topk": params["topk"], "alpha": alpha, "beta": beta, "iou_type": params["iou_type"], **variant}
-    res = TaskAlignedAssigner(**kwargs)(*case)
+    res = TaskAlignedAssigner(**kwargs)(*case)  # small: every pair tested
     assert_same(res, dense_task_aligned(*case, **kwargs))
     with mock.patch.object(task_aligned_module, "_PAIR_BUDGET", 7):  # many pair-chunks
         assert_same(TaskAlignedAssigner(**kwargs, chunk_size=2)(*case), res)
+        with mock.patch.object(task_aligned_module, "_DENSE_PAIRS", 0):  # the sorted searches
+            assert_same(TaskAlignedAssigner(**kwargs, chunk_size=2)(*case), res)
 
 
 def test_tal_variants_by_hand():
@@ -536,16 +538,19 @@ def _crowded_case(seed: int):
     return ps, pb, points, gl, gb, gm
 
 
+@pytest.mark.parametrize("dense_pairs", [0, 1 << 18], ids=["search", "small"])
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("order", ["inside_first", "topk_first"])
 @pytest.mark.parametrize("resolve", ["claimants", "inside", "all"])
-def test_tal_variants_on_a_crowded_batch_equal_dense_reference(seed, order, resolve):
+def test_tal_variants_on_a_crowded_batch_equal_dense_reference(seed, order, resolve, dense_pairs):
     # many GTs per anchor, predicted boxes off their anchors, an empty image and GTs without
-    # anchors: the searches (bands, reach groups, rival windows) against the dense semantics
+    # anchors: the searches (bands, reach groups, rival windows) and the small-input path
+    # (every pair tested) against the dense semantics
     case = _crowded_case(seed)
     for kwargs in ({}, {"iou_type": "ciou", "min_gt_size": 16.0, "inside_margin": 0.01, "eps": 1e-7}):
         kwargs = {"order": order, "resolve": resolve, **kwargs}
-        res = TaskAlignedAssigner(**kwargs)(*case)
+        with mock.patch.object(task_aligned_module, "_DENSE_PAIRS", dense_pairs):
+            res = TaskAlignedAssigner(**kwargs)(*case)
         assert res.fg_mask[0].sum() > 0 and not res.fg_mask[1].any()
         assert_same(res, dense_task_aligned(*case, **kwargs))
 
@@ -561,10 +566,10 @@ def test_tal_exponents_without_overlap_bound_equal_dense_reference(alpha, beta, 
     ps, pb, points, gl, gb, gm = _crowded_case(2)
     ps = ps.clamp(min=0.05)
     kwargs = {"alpha": alpha, "beta": beta, "order": order, "resolve": resolve}
-    assert_same(
-        TaskAlignedAssigner(**kwargs)(ps, pb, points, gl, gb, gm),
-        dense_task_aligned(ps, pb, points, gl, gb, gm, **kwargs),
-    )
+    ref = dense_task_aligned(ps, pb, points, gl, gb, gm, **kwargs)
+    assert_same(TaskAlignedAssigner(**kwargs)(ps, pb, points, gl, gb, gm), ref)
+    with mock.patch.object(task_aligned_module, "_DENSE_PAIRS", 0):
+        assert_same(TaskAlignedAssigner(**kwargs)(ps, pb, points, gl, gb, gm), ref)
 
 
 @settings(max_examples=40, deadline=None)
