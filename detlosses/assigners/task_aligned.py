@@ -124,16 +124,13 @@ def _all_pairs(
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """:func:`_inside_pairs` for small inputs: every (box, point) pair gets the exact test.
 
-    Chunks of at most ``chunk_size`` boxes and ``budget`` pairs (at least one box); with
-    ``eps=None`` every pair is yielded.
+    Chunks of at most ``chunk_size`` boxes and ``budget`` pairs (at least one box). With
+    ``eps=None`` the test is the plain one (every side distance > 0): the points strictly
+    inside, which the superset of the sorted search holds too.
     """
     rows = max(1, min(chunk_size or boxes.shape[0], budget // max(points.shape[0], 1)))
     for start in range(0, boxes.shape[0], rows):
-        chunk = boxes[start : start + rows, None]  # (n, 1, 4)
-        if eps is None:
-            inside = torch.ones(chunk.shape[0], points.shape[0], dtype=torch.bool, device=boxes.device)
-        else:
-            inside = _inside_mask(points, chunk, eps)  # (n, A)
+        inside = _inside_mask(points, boxes[start : start + rows, None], eps or 0.0)  # (n, A)
         local, point = inside.nonzero(as_tuple=True)
         yield start, local, point
 
@@ -211,28 +208,27 @@ def _grow_boxes(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
 
 
 def _reach_groups(points: torch.Tensor, pred_boxes: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Anchors grouped by how far their predicted boxes reach, for the top-k-first search.
+    """Anchor slots grouped by how far their predicted boxes reach, for the top-k-first search.
 
-    An anchor's reach in x (in y) is the largest distance from its point to a left or right
-    (top or bottom) side of its predicted box in the images given; a predicted box can
-    overlap a GT only if the anchor point lies within the GT grown by the reach. Anchors are
-    grouped by ``floor(_REACH_STEPS * log2(max reach + 1))`` so that each group is searched
-    with margins close to its own reach.
+    A slot's reach in x (in y) is the largest distance from its anchor point to the left or
+    right (top or bottom) side of its predicted box; a predicted box can overlap a GT only if
+    the anchor point lies within the GT grown by the reach. Slots are grouped by
+    ``floor(_REACH_STEPS * log2(max reach + 1))`` so that each group is searched with margins
+    close to its own reach.
 
     Args:
         points: (A, 2); pred_boxes: (B, A, 4) xyxy.
 
     Returns:
-        [(anchor ids (A_g,), margin (2,))] with margin = the group's largest x and y reach
-        + 1 px (slack for the rounding of the grown boxes).
+        [(slots (n,) long ``b * A + a``, margin (2,))] with margin = the group's largest x and
+        y reach + 1 px (slack for the rounding of the grown boxes).
     """
-    reach = torch.maximum(points - pred_boxes[..., :2], pred_boxes[..., 2:] - points)  # (B, A, 2)
-    reach = reach.amax(0).clamp(min=0) if pred_boxes.shape[0] else points.new_zeros(points.shape)  # (A, 2)
-    group = torch.log2(reach.amax(1) + 1).mul(_REACH_STEPS).floor().long()
+    reach = torch.maximum(points - pred_boxes[..., :2], pred_boxes[..., 2:] - points).clamp(min=0).view(-1, 2)
+    group = torch.log2(reach.amax(1) + 1).mul(_REACH_STEPS).floor().long()  # (B * A,)
     groups = []
     for value in torch.unique(group).tolist():
-        ids = (group == value).nonzero().squeeze(1)
-        groups.append((ids, reach[ids].amax(0) + 1.0))
+        slots = (group == value).nonzero().squeeze(1)
+        groups.append((slots, reach[slots].amax(0) + 1.0))
     return groups
 
 
@@ -556,16 +552,21 @@ class TaskAlignedAssigner(nn.Module):
         size = boxes[:, 2:] - boxes[:, :2]  # (V', 2)
         area = size.prod(1)  # (V',)
         sign = boxes.new_tensor([-1.0, -1.0, 1.0, 1.0])
-        image_split = torch.searchsorted(rows, torch.arange(b + 1, device=rows.device) * g).tolist()
-        for image in range(b):
-            first, last = image_split[image], image_split[image + 1]
-            for ids, margin in _reach_groups(x.points, x.pred.view(b, a, 4)[image : image + 1]):
-                # a predicted box is <= 2 * margin high: x-overlap >= c * area / min(2 * margin_y, GT height)
-                side = size[first:last].flip(1).clamp(max=2 * margin.flip(0))
-                shrink = torch.where(side > 0, (cover * area)[first:last, None] / side, 0.0)
-                region = boxes[first:last] + sign * (margin - shrink).repeat(1, 2)
-                for start, local, point in _inside_pairs(x.points[ids], region, None, self.chunk_size, _PAIR_BUDGET):
-                    yield first + start + local, ids[point] + image * a
+        image = torch.div(rows, g, rounding_mode="floor").float()  # (V',)
+        for slots, margin in _reach_groups(x.points, x.pred.view(b, a, 4)):
+            # a predicted box is <= 2 * margin high: x-overlap >= c * area / min(2 * margin_y, GT height)
+            side = size.flip(1).clamp(max=2 * margin.flip(0))
+            shrink = torch.where(side > 0, (cover * area)[:, None] / side, 0.0)
+            region = boxes + sign * (margin - shrink).repeat(1, 2)  # (V', 4)
+            # one search for all images: image i's anchors and regions move right by i * offset,
+            # past every other image's (the rounding of the move is far below the 1 px slack)
+            points = x.points.index_select(0, slots % a)
+            lo = torch.minimum(points[:, 0].min(), region[:, 0].min())
+            offset = torch.maximum(points[:, 0].max(), region[:, 2].max()) - lo + 2.0
+            points[:, 0] += torch.div(slots, a, rounding_mode="floor").float() * offset
+            region[:, 0::2] += (image * offset)[:, None]
+            for start, local, point in _inside_pairs(points, region, None, self.chunk_size, _PAIR_BUDGET):
+                yield start + local, slots[point]
 
     def _resolve(
         self,
