@@ -553,11 +553,16 @@ class TaskAlignedAssigner(nn.Module):
         area = size.prod(1)  # (V',)
         sign = boxes.new_tensor([-1.0, -1.0, 1.0, 1.0])
         image = torch.div(rows, g, rounding_mode="floor").float()  # (V',)
+        pred_area = (x.pred[:, 2:] - x.pred[:, :2]).clamp(min=0).prod(1)  # (B * A,)
         for slots, margin in _reach_groups(x.points, x.pred.view(b, a, 4)):
-            # a predicted box is <= 2 * margin high: x-overlap >= c * area / min(2 * margin_y, GT height)
-            side = size.flip(1).clamp(max=2 * margin.flip(0))
-            shrink = torch.where(side > 0, (cover * area)[:, None] / side, 0.0)
-            region = boxes + sign * (margin - shrink).repeat(1, 2)  # (V', 4)
+            # a predicted box is <= 2 * margin wide and high, and the union >= both areas: an
+            # x-overlap >= c * max(area, the group's least predicted area) / min(2 * margin_y, GT
+            # height) (the same in y), and no GT if that exceeds min(2 * margin_x, GT width)
+            least = torch.maximum(area, pred_area.index_select(0, slots).min())  # (V',)
+            reach = size.clamp(max=2 * margin)  # (V', 2) the largest overlap in x and y
+            shrink = torch.where(reach.flip(1) > 0, (cover * least)[:, None] / reach.flip(1), torch.inf)
+            shrink = torch.where((shrink > reach).any(1, keepdim=True), torch.inf, shrink)
+            region = boxes + sign * (margin - shrink).repeat(1, 2)  # (V', 4) empty for no GT
             # one search for all images: image i's anchors and regions move right by i * offset,
             # past every other image's (the rounding of the move is far below the 1 px slack)
             points = x.points.index_select(0, slots % a)
@@ -565,7 +570,7 @@ class TaskAlignedAssigner(nn.Module):
             offset = torch.maximum(points[:, 0].max(), region[:, 2].max()) - lo + 2.0
             points[:, 0] += torch.div(slots, a, rounding_mode="floor").float() * offset
             region[:, 0::2] += (image * offset)[:, None]
-            for start, local, point in _inside_pairs(points, region, None, self.chunk_size, _PAIR_BUDGET):
+            for start, local, point in _inside_pairs(points, region, 0.0, self.chunk_size, _PAIR_BUDGET):
                 yield start + local, slots[point]
 
     def _resolve(
