@@ -572,6 +572,46 @@ def test_tal_exponents_without_overlap_bound_equal_dense_reference(alpha, beta, 
         assert_same(TaskAlignedAssigner(**kwargs)(ps, pb, points, gl, gb, gm), ref)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_topk_first_search_finds_every_pair_its_iou_bound_allows(seed):
+    # the candidate search of order="topk_first" (reach groups, moved images, the overlap and
+    # area bounds) must return every (GT, anchor) pair of one image with intersection >=
+    # cover * union, each once: a too tight bound drops pairs here even where no top-k changes
+    gen = torch.Generator().manual_seed(seed)
+    points = torch.cat([grid(160, s) for s in (8, 16, 32)])
+    strides = torch.cat([torch.full((grid(160, s).shape[0], 1), float(s)) for s in (8, 16, 32)])
+    b, a, g = 3, points.shape[0], 40
+    ltrb = torch.empty(b, a, 4).uniform_(0.0, 6.0, generator=gen) * strides  # off-centre boxes
+    pred = torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], -1).view(-1, 4)
+    centre = torch.rand(b, g, 2, generator=gen) * 160
+    size = torch.exp(torch.empty(b, g, 2).uniform_(1.4, 4.8, generator=gen))  # 4..120 px
+    gt = torch.cat([centre - size / 2, centre + size / 2], -1).view(-1, 4)
+    valid = torch.arange(b * g)[torch.rand(b * g, generator=gen) < 0.8]
+    x = task_aligned_module._Batch(
+        b, a, g, torch.rand(b * a, 1), pred, torch.zeros(b * g, dtype=torch.long), gt, points, valid
+    )
+    cover = torch.empty(valid.numel()).uniform_(0.02, 0.8, generator=gen)
+    with (
+        mock.patch.object(task_aligned_module, "_DENSE_PAIRS", 0),
+        mock.patch.object(task_aligned_module, "_PAIR_BUDGET", 1 << 14),
+    ):
+        found = [torch.stack(p, 1) for p in TaskAlignedAssigner(order="topk_first")._near_pairs(x, valid, cover)]
+    found = torch.cat(found)  # (P, 2) (position in valid, slot)
+    assert torch.unique(found, dim=0).shape[0] == found.shape[0]  # each pair once
+    assert torch.equal(found[:, 1] // a, valid[found[:, 0]] // g)  # anchors of the GT's image
+    boxes, image = gt[valid], valid // g
+    pred_img = pred.view(b, a, 4)[image]  # (V, A, 4)
+    wh = torch.minimum(pred_img[..., 2:], boxes[:, None, 2:]) - torch.maximum(pred_img[..., :2], boxes[:, None, :2])
+    inter = wh.clamp(min=0).prod(-1)
+    union = (pred_img[..., 2:] - pred_img[..., :2]).prod(-1) + (boxes[:, 2:] - boxes[:, :2]).prod(-1)[:, None] - inter
+    need = (inter >= cover[:, None] * union).nonzero()  # (N, 2) (position in valid, anchor)
+    need[:, 1] += image[need[:, 0]] * a
+    assert need.shape[0] > 500
+    key = found[:, 0] * b * a + found[:, 1]
+    assert torch.isin(need[:, 0] * b * a + need[:, 1], key).all()
+    assert key.numel() < 0.5 * valid.numel() * a  # a search, not every pair
+
+
 @settings(max_examples=40, deadline=None)
 @given(case=cases(), params=TAL_PARAMS, chunk=st.integers(1, 3), budget=st.integers(1, 40))
 def test_tal_chunked_equals_unchunked(case, params, chunk, budget):
