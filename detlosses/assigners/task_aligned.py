@@ -307,7 +307,9 @@ class TaskAlignedAssigner(nn.Module):
     hence their predicted box's reach, is bounded below, see :meth:`_topk_over_all`);
     ``"inside"`` takes each contested anchor's best inside GT from the same walk, and
     ``"all"`` compares it only with the GTs whose centre lies in a window the IoU bound
-    allows (see :meth:`_best_of_image`).
+    allows (see :meth:`_best_of_image`). Small inputs (at most :data:`_DENSE_PAIRS` valid GT x
+    anchor pairs, e.g. a training batch of a few GTs per image) skip the searches: every pair
+    gets the exact test, which costs fewer (larger) operations there.
     GT rows are processed in chunks of at most ~2M tested pairs (and at most ``chunk_size``
     rows if given); only the top-k claims of each GT and each anchor's best inside GT
     outlive its chunk. The result does not depend on the chunking.
@@ -475,11 +477,11 @@ class TaskAlignedAssigner(nn.Module):
         the IoU too (CIoU <= IoU), and an IoU >= c needs an intersection >= c * the GT's area,
         so an x-overlap >= c * area / min(2 * reach_y, GT height) (the same in y). A predicted
         box lies within its anchor's reach of the anchor point, so the anchor point lies in the
-        GT shrunk by that overlap and grown by the reach: each image's reach groups are
-        searched with that box (c taken 1 % low, 1 px slack against rounding). The found pairs
-        get the IoU bound, lose the inside pairs (the claims hold them), and keep t >= theta
-        and each GT's k best per chunk; with the inside claims they give each GT's top-k over
-        all anchors.
+        GT shrunk by that overlap and grown by the reach: each reach group is searched with
+        that box, for all images at once (c taken 1 % low, 1 px slack against rounding; see
+        :meth:`_near_pairs`). The found pairs get the IoU bound, lose the inside pairs (the
+        claims hold them), and keep t >= theta and each GT's k best per chunk; with the inside
+        claims they give each GT's top-k over all anchors.
         """
         b, g, a = x.batch, x.num_gt, x.num_anchors
         weakest = metric.new_full((b * g,), torch.inf).scatter_reduce(0, gt_flat, metric, "amin")
