@@ -476,10 +476,12 @@ VARIANT_PARAMS = st.fixed_dictionaries(
 def test_tal_variants_equal_dense_reference(case, params, variant):
     alpha, beta = params["ab"]
     kwargs = {"topk": params["topk"], "alpha": alpha, "beta": beta, "iou_type": params["iou_type"], **variant}
-    res = TaskAlignedAssigner(**kwargs)(*case)
+    res = TaskAlignedAssigner(**kwargs)(*case)  # small: every pair tested
     assert_same(res, dense_task_aligned(*case, **kwargs))
     with mock.patch.object(task_aligned_module, "_PAIR_BUDGET", 7):  # many pair-chunks
         assert_same(TaskAlignedAssigner(**kwargs, chunk_size=2)(*case), res)
+        with mock.patch.object(task_aligned_module, "_DENSE_PAIRS", 0):  # the sorted searches
+            assert_same(TaskAlignedAssigner(**kwargs, chunk_size=2)(*case), res)
 
 
 def test_tal_variants_by_hand():
@@ -510,6 +512,104 @@ def test_tal_variants_by_hand():
     assert res.fg_mask[0].nonzero().flatten().tolist() == [6] and res.gt_index[0, 6] == 1
     res = TaskAlignedAssigner(**one)(ps, pb, POINTS_8, gl, gb, gm)  # inside first still claims 5
     assert res.fg_mask[0].nonzero().flatten().tolist() == [5, 6]
+
+
+def _crowded_case(seed: int):
+    """B = 3 on a 160 px image (strides 8/16/32, 525 anchors), 5 classes: image 0 holds 40 GTs of
+    4-100 px, crowded so that anchors have many claimants and rivals; image 1 has no valid GT;
+    image 2 holds GTs smaller than a cell (some contain no anchor) and one covering the image.
+    Predicted boxes are offset from their anchors (ltrb distances of 0.2-5 strides)."""
+    gen = torch.Generator().manual_seed(seed)
+    points = torch.cat([grid(160, s) for s in (8, 16, 32)])
+    strides = torch.cat([torch.full((grid(160, s).shape[0], 1), float(s)) for s in (8, 16, 32)])
+    b, a, g, c = 3, points.shape[0], 40, 5
+    ps = torch.rand(b, a, c, generator=gen)
+    ltrb = torch.empty(b, a, 4).uniform_(0.2, 5.0, generator=gen) * strides
+    pb = torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], -1)
+    centre = torch.rand(b, g, 2, generator=gen) * torch.tensor([60.0, 60.0]) + 50  # a crowded middle
+    size = torch.exp(torch.empty(b, g, 2).uniform_(1.4, 4.6, generator=gen))  # 4..100 px
+    gb = torch.cat([centre - size / 2, centre + size / 2], -1)
+    gb[2, :10] = torch.tensor([20.0, 20, 23, 23]) + torch.arange(10.0)[:, None] * 9  # < a cell
+    gb[2, 10] = torch.tensor([0.0, 0, 160, 160])
+    gl = torch.randint(0, c, (b, g), generator=gen)
+    gm = torch.ones(b, g, dtype=torch.bool)
+    gm[1] = False
+    gm[2, 11:] = False
+    return ps, pb, points, gl, gb, gm
+
+
+@pytest.mark.parametrize("dense_pairs", [0, 1 << 18], ids=["search", "small"])
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("order", ["inside_first", "topk_first"])
+@pytest.mark.parametrize("resolve", ["claimants", "inside", "all"])
+def test_tal_variants_on_a_crowded_batch_equal_dense_reference(seed, order, resolve, dense_pairs):
+    # many GTs per anchor, predicted boxes off their anchors, an empty image and GTs without
+    # anchors: the searches (bands, reach groups, rival windows) and the small-input path
+    # (every pair tested) against the dense semantics
+    case = _crowded_case(seed)
+    for kwargs in ({}, {"iou_type": "ciou", "min_gt_size": 16.0, "inside_margin": 0.01, "eps": 1e-7}):
+        kwargs = {"order": order, "resolve": resolve, **kwargs}
+        with mock.patch.object(task_aligned_module, "_DENSE_PAIRS", dense_pairs):
+            res = TaskAlignedAssigner(**kwargs)(*case)
+        assert res.fg_mask[0].sum() > 0 and not res.fg_mask[1].any()
+        assert_same(res, dense_task_aligned(*case, **kwargs))
+
+
+@pytest.mark.parametrize(
+    ("alpha", "beta", "order"),
+    [(1.0, 0.0, "inside_first"), (-0.5, 2.0, "topk_first"), (-0.5, 2.0, "inside_first")],
+)
+@pytest.mark.parametrize("resolve", ["claimants", "inside", "all"])
+def test_tal_exponents_without_overlap_bound_equal_dense_reference(alpha, beta, order, resolve):
+    # beta = 0: claims of zero overlap, so a contested anchor's rivals are not bounded by its
+    # claimants' overlap; alpha < 0: s**alpha > 1, so t does not bound the overlap
+    ps, pb, points, gl, gb, gm = _crowded_case(2)
+    ps = ps.clamp(min=0.05)
+    kwargs = {"alpha": alpha, "beta": beta, "order": order, "resolve": resolve}
+    ref = dense_task_aligned(ps, pb, points, gl, gb, gm, **kwargs)
+    assert_same(TaskAlignedAssigner(**kwargs)(ps, pb, points, gl, gb, gm), ref)
+    with mock.patch.object(task_aligned_module, "_DENSE_PAIRS", 0):
+        assert_same(TaskAlignedAssigner(**kwargs)(ps, pb, points, gl, gb, gm), ref)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_topk_first_search_finds_every_pair_its_iou_bound_allows(seed):
+    # the candidate search of order="topk_first" (reach groups, moved images, the overlap and
+    # area bounds) must return every (GT, anchor) pair of one image with intersection >=
+    # cover * union, each once: a too tight bound drops pairs here even where no top-k changes
+    gen = torch.Generator().manual_seed(seed)
+    points = torch.cat([grid(160, s) for s in (8, 16, 32)])
+    strides = torch.cat([torch.full((grid(160, s).shape[0], 1), float(s)) for s in (8, 16, 32)])
+    b, a, g = 3, points.shape[0], 40
+    ltrb = torch.empty(b, a, 4).uniform_(0.0, 6.0, generator=gen) * strides  # off-centre boxes
+    pred = torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], -1).view(-1, 4)
+    centre = torch.rand(b, g, 2, generator=gen) * 160
+    size = torch.exp(torch.empty(b, g, 2).uniform_(1.4, 4.8, generator=gen))  # 4..120 px
+    gt = torch.cat([centre - size / 2, centre + size / 2], -1).view(-1, 4)
+    valid = torch.arange(b * g)[torch.rand(b * g, generator=gen) < 0.8]
+    x = task_aligned_module._Batch(
+        b, a, g, torch.rand(b * a, 1), pred, torch.zeros(b * g, dtype=torch.long), gt, points, valid
+    )
+    cover = torch.empty(valid.numel()).uniform_(0.02, 0.8, generator=gen)
+    with (
+        mock.patch.object(task_aligned_module, "_DENSE_PAIRS", 0),
+        mock.patch.object(task_aligned_module, "_PAIR_BUDGET", 1 << 14),
+    ):
+        found = [torch.stack(p, 1) for p in TaskAlignedAssigner(order="topk_first")._near_pairs(x, valid, cover)]
+    found = torch.cat(found)  # (P, 2) (position in valid, slot)
+    assert torch.unique(found, dim=0).shape[0] == found.shape[0]  # each pair once
+    assert torch.equal(found[:, 1] // a, valid[found[:, 0]] // g)  # anchors of the GT's image
+    boxes, image = gt[valid], valid // g
+    pred_img = pred.view(b, a, 4)[image]  # (V, A, 4)
+    wh = torch.minimum(pred_img[..., 2:], boxes[:, None, 2:]) - torch.maximum(pred_img[..., :2], boxes[:, None, :2])
+    inter = wh.clamp(min=0).prod(-1)
+    union = (pred_img[..., 2:] - pred_img[..., :2]).prod(-1) + (boxes[:, 2:] - boxes[:, :2]).prod(-1)[:, None] - inter
+    need = (inter >= cover[:, None] * union).nonzero()  # (N, 2) (position in valid, anchor)
+    need[:, 1] += image[need[:, 0]] * a
+    assert need.shape[0] > 500
+    key = found[:, 0] * b * a + found[:, 1]
+    assert torch.isin(need[:, 0] * b * a + need[:, 1], key).all()
+    assert key.numel() < 0.5 * valid.numel() * a  # a search, not every pair
 
 
 @settings(max_examples=40, deadline=None)

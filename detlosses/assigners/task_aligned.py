@@ -28,6 +28,13 @@ _ORDERS = ("inside_first", "topk_first")
 _RESOLVES = ("claimants", "inside", "all")
 # (GT, anchor) pairs tested per chunk: the ~10 int64/float per-pair temporaries stay < 200 MiB
 _PAIR_BUDGET = 1 << 21
+# bands of the pair search a box spans on average (see _inside_pairs)
+_BANDS_PER_BOX = 4
+# reach groups of the top-k-first search per doubling of the reach
+_REACH_STEPS = 2
+# searches with at most this many (box, point) pairs test every pair instead (small inputs: a
+# few large ops beat the many small ops of the sorted searches)
+_DENSE_PAIRS = 1 << 18
 
 
 def _alignment_metric(score: torch.Tensor, overlap: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
@@ -42,15 +49,20 @@ def _alignment_metric(score: torch.Tensor, overlap: torch.Tensor, alpha: float, 
 
 
 def _inside_pairs(
-    points: torch.Tensor, boxes: torch.Tensor, eps: float, chunk_size: int | None, budget: int
+    points: torch.Tensor, boxes: torch.Tensor, eps: float | None, chunk_size: int | None, budget: int
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """All (box, point) pairs with the point strictly inside the box, a chunk of boxes at a time.
 
-    Points are sorted by x and by y once; a box's candidates lie in the strip of points with
-    x1 < x < x2 (a contiguous range of the x order, found by binary search), or in the
-    y1 < y < y2 strip, whichever is shorter. Only the strip's pairs get the exact test
+    Points are ranked by their distinct x and y values and cut into bands of ``per_band``
+    consecutive distinct x values, then sorted by (band, y rank) into one integer key. A box's
+    candidates are, in each band its x-range meets, the contiguous key range of the points
+    with y1 < y < y2 (two binary searches), so they are the points strictly inside the box
+    plus those of its first and last band outside it in x. Only these get the exact test
     (:func:`_inside_mask`, every side > ``eps`` >= 0), so the pairs are those of the dense
-    test. A chunk ends after ``chunk_size`` boxes or once its strips hold ``budget`` pairs.
+    test. With ``eps=None`` the candidates are yielded untested (a superset, for searches
+    whose pairs get a stricter test anyway). ``per_band`` is chosen so that a box spans
+    ~:data:`_BANDS_PER_BOX` bands. A chunk ends after ``chunk_size`` boxes or once its
+    candidates number ``budget``.
 
     Args:
         points: (A, 2); boxes: (N, 4) xyxy.
@@ -59,56 +71,128 @@ def _inside_pairs(
         (start, local, point): the chunk's first box, and (P,) long pairs with ``local``
         indexing ``boxes[start:]`` and ``point`` indexing ``points``.
     """
-    num_points = points.shape[0]
-    orders, los, counts = [], [], []
-    for axis in (0, 1):
-        coords, order = torch.sort(points[:, axis], stable=True)
-        lo = torch.searchsorted(coords, boxes[:, axis].contiguous(), right=True)  # first > x1
-        hi = torch.searchsorted(coords, boxes[:, axis + 2].contiguous())  # first >= x2
-        orders.append(order)
-        los.append(lo + axis * num_points)
-        counts.append((hi - lo).clamp(min=0))
-    order = torch.cat(orders)  # (2A,): positions [0, A) follow x, [A, 2A) follow y
-    table = points.index_select(0, order)  # (2A, 2) the points in that order
-    use_x = counts[0] <= counts[1]  # (N,)
-    count = torch.where(use_x, *counts)
-    first = count.cumsum(0) - count  # (N,) offset of each box's strip in the pair list
-    base = torch.where(use_x, *los) - first  # pair j of box i sits at table[base[i] + j]
-    index = torch.arange(boxes.shape[0], device=boxes.device)
+    device = boxes.device
+    if boxes.shape[0] * points.shape[0] <= _DENSE_PAIRS:
+        yield from _all_pairs(points, boxes, eps, chunk_size, budget)
+        return
+    distinct_x, x_rank = torch.unique(points[:, 0], sorted=True, return_inverse=True)
+    distinct_y, y_rank = torch.unique(points[:, 1], sorted=True, return_inverse=True)
+    # distinct-x ranks [q1, q2) and distinct-y ranks [r1, r2) lie strictly inside each box
+    q1 = torch.searchsorted(distinct_x, boxes[:, 0].contiguous(), right=True)
+    q2 = torch.searchsorted(distinct_x, boxes[:, 2].contiguous())
+    r1 = torch.searchsorted(distinct_y, boxes[:, 1].contiguous(), right=True)
+    r2 = torch.searchsorted(distinct_y, boxes[:, 3].contiguous())
+    span = (q2 - q1).clamp(min=0)
+    per_band = max(1, int(span.float().mean().div(_BANDS_PER_BOX).ceil())) if span.numel() else 1
+    stride = distinct_y.numel() + 1
+    key, order = torch.sort(torch.div(x_rank, per_band, rounding_mode="floor") * stride + y_rank)  # (A,)
+    first_band = torch.div(q1, per_band, rounding_mode="floor")
+    num_bands = torch.where(span > 0, torch.div(q2 - 1, per_band, rounding_mode="floor") - first_band + 1, 0)
+    # one range per (box, band), box-major
+    index = torch.arange(boxes.shape[0], device=device)
+    range_box = torch.repeat_interleave(index, num_bands)  # (R,)
+    range_first = num_bands.cumsum(0) - num_bands  # (N,) first range of each box
+    band = first_band[range_box] + torch.arange(range_box.numel(), device=device) - range_first[range_box]
+    lo = torch.searchsorted(key, band * stride + r1[range_box])
+    count = (torch.searchsorted(key, band * stride + r2[range_box]) - lo).clamp(min=0)  # (R,)
+    offset = count.cumsum(0) - count  # (R,) offset of each range in the candidate list
+    base = lo - offset  # candidate j sits at key position base[r] + j
+    box_count = torch.zeros_like(index).index_add_(0, range_box, count)  # (N,)
+    first = box_count.cumsum(0) - box_count
     new_chunk = torch.diff(first // budget, prepend=first.new_ones(1).neg()) != 0
     if chunk_size is not None:
         new_chunk |= index % chunk_size == 0
     bounds = [*index[new_chunk].tolist(), boxes.shape[0]]
-    for start, stop in itertools.pairwise(bounds):
-        local = torch.repeat_interleave(index[: stop - start], count[start:stop])  # (P,)
-        pos = base[start:stop].index_select(0, local)
-        pos += torch.arange(local.numel(), device=boxes.device) + first[start]
-        box = boxes[start:stop].index_select(0, local)  # (P, 4)
-        inside = _inside_mask(table.index_select(0, pos), box, eps)
-        pos, local = pos[inside], local[inside]
+    range_bounds = torch.cat([range_first, range_first.new_tensor([range_box.numel()])])[bounds].tolist()
+    table = points.index_select(0, order) if eps is not None else None  # (A, 2) the points in key order
+    for (start, stop), (r_start, r_stop) in zip(
+        itertools.pairwise(bounds), itertools.pairwise(range_bounds), strict=True
+    ):
+        pair_range = torch.repeat_interleave(torch.arange(r_start, r_stop, device=device), count[r_start:r_stop])
+        pos = base.index_select(0, pair_range)
+        pos += torch.arange(pos.numel(), device=device) + first[start]
+        local = range_box.index_select(0, pair_range) - start  # (P,)
+        if eps is not None:
+            box = boxes[start:stop].index_select(0, local)  # (P, 4)
+            inside = _inside_mask(table.index_select(0, pos), box, eps).nonzero().squeeze(1)
+            pos, local = pos.index_select(0, inside), local.index_select(0, inside)
         yield start, local, order.index_select(0, pos)
 
 
-def _segment_topk(segment: torch.Tensor, index: torch.Tensor, value: torch.Tensor, k: int) -> torch.Tensor:
-    """Per segment, the ``k`` largest values; ties go to the lower ``index``.
+def _all_pairs(
+    points: torch.Tensor, boxes: torch.Tensor, eps: float | None, chunk_size: int | None, budget: int
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """:func:`_inside_pairs` for small inputs: every (box, point) pair gets the exact test.
+
+    Chunks of at most ``chunk_size`` boxes and ``budget`` pairs (at least one box). With
+    ``eps=None`` the test is the plain one (every side distance > 0): the points strictly
+    inside, which the superset of the sorted search holds too.
+    """
+    rows = max(1, min(chunk_size or boxes.shape[0], budget // max(points.shape[0], 1)))
+    for start in range(0, boxes.shape[0], rows):
+        inside = _inside_mask(points, boxes[start : start + rows, None], eps or 0.0)  # (n, A)
+        local, point = inside.nonzero(as_tuple=True)
+        yield start, local, point
+
+
+def _ranges(start: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The integer ranges [start[i], start[i] + count[i]) laid end to end.
 
     Args:
-        segment: (P,) long segment id; index: (P,) long tie-break key, unique per segment;
-        value: (P,) float32, > 0.
+        start, count: (N,) long, count >= 0.
+
+    Returns:
+        (owner, value), each (sum(count),): the range ``owner`` each value comes from.
+    """
+    owner = torch.repeat_interleave(torch.arange(start.numel(), device=start.device), count)
+    offset = count.cumsum(0) - count  # (N,) where each range begins in the output
+    value = torch.arange(owner.numel(), device=start.device) + (start - offset).index_select(0, owner)
+    return owner, value
+
+
+def _segment_topk(
+    segment: torch.Tensor, index: torch.Tensor, value: torch.Tensor, k: int, num_index: int
+) -> torch.Tensor:
+    """Per segment, the ``k`` largest values; ties go to the lower ``index``.
+
+    Elements are ranked by one int64 key, unique within a segment: the bit pattern of the
+    positive float32 value (which sorts like the value) above ``num_index - 1 - index``.
+    Segments are made contiguous (a stable sort by segment, unless they already are); those
+    of more than ``k`` elements are laid out, per bucket of lengths in (L / 2, L] with L a
+    power of two, as the rows of a padded (n, L) table of keys, and ``torch.topk`` picks
+    each row's ``k`` largest. No sort of the elements themselves.
+
+    Args:
+        segment: (P,) long segment id; index: (P,) long tie-break key in [0, num_index),
+        unique per segment; value: (P,) float32, > 0.
 
     Returns:
         (P,) bool mask of the kept elements.
     """
-    # order by (segment, -value, index): a stable sort on index, then a stable sort on one
-    # int64 key for (segment, -value) — bit patterns of positive float32 sort like the values
-    order = torch.argsort(index, stable=True)
-    key = segment * 2**31 + (2**31 - 1 - value.view(torch.int32).long())
-    order = order.index_select(0, torch.argsort(key.index_select(0, order), stable=True))
-    _, counts = torch.unique_consecutive(segment.index_select(0, order), return_counts=True)
-    starts = torch.repeat_interleave(counts.cumsum(0) - counts, counts)  # (P,) segment start
-    rank = torch.arange(order.numel(), device=value.device) - starts
-    keep = torch.zeros_like(segment, dtype=torch.bool)
-    keep[order[rank < k]] = True
+    num = segment.numel()
+    order = None
+    if num > 1 and not bool((segment[1:] >= segment[:-1]).all()):
+        order = torch.argsort(segment, stable=True)
+        segment, index, value = segment[order], index[order], value[order]
+    index_bits = max(num_index - 1, 1).bit_length()
+    key = value.view(torch.int32).long() << index_bits | (num_index - 1 - index)  # (P,) > 0
+    _, counts = torch.unique_consecutive(segment, return_counts=True)
+    keep = torch.repeat_interleave(counts <= k, counts)  # short segments keep every element
+    starts = counts.cumsum(0) - counts
+    longest = int(counts.max()) if counts.numel() else 0
+    length = 1 << k.bit_length()  # the first power of two > k
+    while longest > k:
+        rows = ((counts > max(length // 2, k)) & (counts <= length)).nonzero().squeeze(1)
+        if rows.numel():
+            position = starts[rows, None] + torch.arange(length, device=key.device)  # (n, L)
+            present = position < (starts + counts)[rows, None]
+            table = key[position.clamp(max=num - 1)].masked_fill_(~present, -1)
+            keep[position.gather(1, table.topk(k, dim=1, sorted=False).indices)] = True
+        if length >= longest:
+            break
+        length *= 2
+    if order is not None:
+        keep = torch.empty_like(keep).scatter_(0, order, keep)
     return keep
 
 
@@ -123,29 +207,46 @@ def _grow_boxes(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
     return torch.cat([centre - size / 2, centre + size / 2], dim=1)
 
 
-def _reach_groups(points: torch.Tensor, pred_boxes: torch.Tensor) -> list[tuple[torch.Tensor, float]]:
-    """Anchors grouped by how far their predicted boxes reach, for the top-k-first search.
+def _reach_groups(points: torch.Tensor, pred_boxes: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Anchor slots grouped by how far their predicted boxes reach, for the top-k-first search.
 
-    An anchor's reach is the largest distance from its point to a side of its predicted box
-    in any image; a predicted box can overlap a GT only if the anchor point lies within the
-    GT grown by the reach. Anchors are grouped by ``floor(log2(reach + 1))`` so that each
-    group is searched with a margin close to its own reach.
+    A slot's reach in x (in y) is the largest distance from its anchor point to the left or
+    right (top or bottom) side of its predicted box; a predicted box can overlap a GT only if
+    the anchor point lies within the GT grown by the reach. Slots are grouped by
+    ``floor(_REACH_STEPS * log2(max reach + 1))`` so that each group is searched with margins
+    close to its own reach.
 
     Args:
         points: (A, 2); pred_boxes: (B, A, 4) xyxy.
 
     Returns:
-        [(anchor ids (A_g,), margin)] with margin = the group's largest reach + 1 px (slack
-        for the rounding of the grown boxes).
+        [(slots (n,) long ``b * A + a``, margin (2,))] with margin = the group's largest x and
+        y reach + 1 px (slack for the rounding of the grown boxes).
     """
-    reach = torch.cat([points - pred_boxes[..., :2], pred_boxes[..., 2:] - points], dim=-1)  # (B, A, 4)
-    reach = reach.amax(dim=(0, 2)).clamp(min=0) if reach.numel() else points.new_zeros(points.shape[0])  # (A,)
-    group = torch.log2(reach + 1).floor().long()
+    reach = torch.maximum(points - pred_boxes[..., :2], pred_boxes[..., 2:] - points).clamp(min=0).view(-1, 2)
+    group = torch.log2(reach.amax(1) + 1).mul(_REACH_STEPS).floor().long()  # (B * A,)
     groups = []
     for value in torch.unique(group).tolist():
-        ids = (group == value).nonzero().squeeze(1)
-        groups.append((ids, float(reach[ids].max()) + 1.0))
+        slots = (group == value).nonzero().squeeze(1)
+        groups.append((slots, reach[slots].amax(0) + 1.0))
     return groups
+
+
+def _iou_at_least(
+    boxes1: torch.Tensor, boxes2: torch.Tensor, area1: torch.Tensor, area2: torch.Tensor, bound: torch.Tensor
+) -> torch.Tensor:
+    """Indices of the (P,) aligned xyxy box pairs whose intersection >= ``bound`` * union (no division)."""
+    width = torch.minimum(boxes1[:, 2], boxes2[:, 2]) - torch.maximum(boxes1[:, 0], boxes2[:, 0])
+    height = torch.minimum(boxes1[:, 3], boxes2[:, 3]) - torch.maximum(boxes1[:, 1], boxes2[:, 1])
+    inter = width.clamp_(min=0) * height.clamp_(min=0)
+    return (inter >= bound * (area1 + area2 - inter)).nonzero().squeeze(1)
+
+
+def _cat(parts: list[tuple[torch.Tensor, ...]], index: torch.Tensor, value: torch.Tensor, width: int):
+    """Concatenate (long, long, float, ...) tuples of ``width`` tensors; empty ones without parts."""
+    if parts:
+        return tuple(torch.cat(column) for column in zip(*parts, strict=True))
+    return (index.new_zeros(0), index.new_zeros(0), *(value.new_zeros(0) for _ in range(width - 2)))
 
 
 class _Batch(NamedTuple):
@@ -160,6 +261,11 @@ class _Batch(NamedTuple):
     gt: torch.Tensor  # (B * G, 4) GT boxes
     points: torch.Tensor  # (A, 2)
     valid: torch.Tensor  # (V,) long, the valid rows b * G + g, ascending
+
+    @property
+    def small(self) -> bool:
+        """Whether every (valid GT, anchor) pair fits in :data:`_DENSE_PAIRS` (searches test them all)."""
+        return self.valid.numel() * self.num_anchors <= _DENSE_PAIRS
 
     def slot_of(self, rows: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
         """Anchor slots ``b * A + a`` of GT rows ``b * G + g`` and anchors ``a``."""
@@ -192,16 +298,21 @@ class TaskAlignedAssigner(nn.Module):
 
     Padding rows never claim or win an anchor; with no valid GT every anchor is background.
 
-    Memory and time: the dense (G, A) tensors are never formed. Anchors are sorted by x and
-    by y once, and each GT tests only the anchors of its narrower x- or y-strip (found by
-    binary search). ``"topk_first"`` searches the strips of the GT grown by how far the
-    predicted boxes reach (an anchor whose predicted box misses the GT has t = 0); the
-    ``"inside"`` resolution walks the inside pairs a second time and scores those of the
-    contested anchors only, and ``"all"`` scores each contested anchor against the GTs of
-    its image in bounded chunks.
+    Memory and time: the dense (G, A) tensors are never formed. Anchors are sorted once into
+    bands of x and, within a band, by y; each GT tests only the anchors of the key ranges
+    of the bands its box spans (found by binary search), and one walk over these inside
+    pairs gives every variant's claims. Each GT's top-k is taken with ``torch.topk`` on
+    padded rows of one packed key, without sorting the pairs. ``"topk_first"`` then adds only
+    the anchors outside the GT that can outrank its weakest inside claim (their overlap,
+    hence their predicted box's reach, is bounded below, see :meth:`_topk_over_all`);
+    ``"inside"`` takes each contested anchor's best inside GT from the same walk, and
+    ``"all"`` compares it only with the GTs whose centre lies in a window the IoU bound
+    allows (see :meth:`_best_of_image`). Small inputs (at most :data:`_DENSE_PAIRS` valid GT x
+    anchor pairs, e.g. a training batch of a few GTs per image) skip the searches: every pair
+    gets the exact test, which costs fewer (larger) operations there.
     GT rows are processed in chunks of at most ~2M tested pairs (and at most ``chunk_size``
-    rows if given); only the top-k claims of each GT outlive its chunk. The result does not
-    depend on the chunking.
+    rows if given); only the top-k claims of each GT and each anchor's best inside GT
+    outlive its chunk. The result does not depend on the chunking.
 
     Args:
         topk: anchors claimed per GT.
@@ -294,64 +405,63 @@ class TaskAlignedAssigner(nn.Module):
         if self.min_gt_size > 0:
             test_boxes = _grow_boxes(test_boxes, self.min_gt_size)
 
-        slot, gt_flat, overlap, metric = self._claims(x, test_boxes)
-        slot, gt_flat, overlap, metric = self._resolve(x, test_boxes, slot, gt_flat, overlap, metric)
+        track_best = self.resolve == "inside" or (self.resolve == "all" and not x.small)
+        (slot, gt_flat, overlap, metric), best = self._claims(x, test_boxes, track_best)
+        slot, gt_flat, overlap, metric = self._resolve(x, best, slot, gt_flat, overlap, metric)
         # normalisation over the anchors each GT holds: t * max_overlap / (max_t + eps)
         max_metric = metric.new_zeros(b * g).scatter_reduce(0, gt_flat, metric, "amax")
         max_overlap = overlap.new_zeros(b * g).scatter_reduce(0, gt_flat, overlap, "amax")
         quality = metric * max_overlap[gt_flat] / (max_metric[gt_flat] + self.eps)
         return _build_result(slot, gt_flat, quality, gt_labels, gt_boxes, a, c)
 
+    def _overlap(self, x: _Batch, slot: torch.Tensor, gt_flat: torch.Tensor) -> torch.Tensor:
+        """(P,) overlap of pairs of anchor slots ``b * A + a`` and GT rows ``b * G + g``."""
+        overlap = box_iou(x.pred.index_select(0, slot), x.gt.index_select(0, gt_flat), mode=self.iou_type, aligned=True)
+        return overlap.clamp(min=0) if self.iou_type == "ciou" else overlap
+
     def _score(self, x: _Batch, slot: torch.Tensor, gt_flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(overlap, t) of (P,) pairs of anchor slots ``b * A + a`` and GT rows ``b * G + g``."""
-        overlap = box_iou(
-            x.pred.index_select(0, slot),
-            x.gt.index_select(0, gt_flat),
-            mode=self.iou_type,
-            aligned=True,
-        )
-        if self.iou_type == "ciou":
-            overlap = overlap.clamp(min=0)
+        overlap = self._overlap(x, slot, gt_flat)
         num_classes = x.scores.shape[1]
         cls = x.labels.index_select(0, gt_flat)
         score = x.scores.view(-1).index_select(0, slot * num_classes + cls)  # (P,)
         return overlap, _alignment_metric(score, overlap, self.alpha, self.beta)
 
-    def _top_claims(self, x: _Batch, rows: torch.Tensor, anchor: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Steps 2-3 on (P,) candidate pairs: (slot, gt_flat, overlap, t) of the top-k with t > 0."""
-        slot = x.slot_of(rows, anchor)
-        overlap, metric = self._score(x, slot, rows)
+    def _top_claims(
+        self, x: _Batch, slot: torch.Tensor, rows: torch.Tensor, overlap: torch.Tensor, metric: torch.Tensor
+    ):
+        """Step 3 on (P,) scored pairs: (slot, gt_flat, overlap, t) of each GT's top-k with t > 0."""
         positive = metric > 0
-        slot, rows, overlap, metric = (x[positive] for x in (slot, rows, overlap, metric))
-        keep = _segment_topk(rows, slot, metric, self.topk)
+        slot, rows, overlap, metric = slot[positive], rows[positive], overlap[positive], metric[positive]
+        keep = _segment_topk(rows, slot, metric, self.topk, x.batch * x.num_anchors)
         return slot[keep], rows[keep], overlap[keep], metric[keep]
 
-    def _claims(self, x: _Batch, test_boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Steps 1-3: the claims (slot, gt_flat, overlap, t), each (P,)."""
-        valid = x.valid
-        empty = valid.new_zeros(0), valid.new_zeros(0), x.pred.new_zeros(0), x.pred.new_zeros(0)
-        if self.order == "inside_first":
-            pairs = _inside_pairs(x.points, test_boxes, self.inside_margin, self.chunk_size, _PAIR_BUDGET)
-            claims = [self._top_claims(x, valid[start:][local], anchor) for start, local, anchor in pairs]
-            return tuple(torch.cat(parts) for parts in zip(*claims, strict=True)) if claims else empty
-        # top-k first: every anchor whose predicted box can overlap the GT is a candidate
-        a = x.num_anchors
-        claims = []
-        for ids, margin in _reach_groups(x.points, x.pred.view(x.batch, a, 4)):
-            reach_boxes = x.gt[valid] + x.pred.new_tensor([-margin, -margin, margin, margin])
-            pairs = _inside_pairs(x.points[ids], reach_boxes, 0.0, self.chunk_size, _PAIR_BUDGET)
-            claims += [self._top_claims(x, valid[start:][local], ids[point]) for start, local, point in pairs]
-        if not claims:
-            return empty
-        slot, gt_flat, overlap, metric = (torch.cat(parts) for parts in zip(*claims, strict=True))
-        keep = _segment_topk(gt_flat, slot, metric, self.topk)  # the top-k over all groups
-        slot, gt_flat, overlap, metric = slot[keep], gt_flat[keep], overlap[keep], metric[keep]
-        row = torch.searchsorted(valid, gt_flat)  # position of each claim's GT in ``valid``
-        anchor = slot % a
-        inside = _inside_mask(x.points.index_select(0, anchor), test_boxes.index_select(0, row), self.inside_margin)
-        return slot[inside], gt_flat[inside], overlap[inside], metric[inside]
+    def _claims(self, x: _Batch, test_boxes: torch.Tensor, track_best: bool) -> tuple[tuple[torch.Tensor, ...], ...]:
+        """Steps 1-3: the claims (slot, gt_flat, overlap, t), each (P,).
 
-    def _resolve(
+        With ``track_best`` also, for every anchor slot inside some GT, the inside GT of the
+        highest overlap (ties: lowest row) as (slot, gt_flat, overlap), from the same walk.
+        """
+        claims, best = [], []
+        pairs = _inside_pairs(x.points, test_boxes, self.inside_margin, self.chunk_size, _PAIR_BUDGET)
+        for start, local, anchor in pairs:
+            rows = x.valid[start:][local]
+            slot = x.slot_of(rows, anchor)
+            overlap, metric = self._score(x, slot, rows)
+            if track_best:
+                win = _resolve_claims(slot, rows, overlap, x.batch * x.num_anchors)
+                best.append((slot[win], rows[win], overlap[win]))
+            claims.append(self._top_claims(x, slot, rows, overlap, metric))
+        claims = _cat(claims, x.valid, x.pred, 4)
+        if best:
+            slot, rows, overlap = _cat(best, x.valid, x.pred, 3)
+            win = _resolve_claims(slot, rows, overlap, x.batch * x.num_anchors)
+            best = slot[win], rows[win], overlap[win]
+        if self.order == "topk_first":
+            claims = self._topk_over_all(x, test_boxes, *claims)
+        return claims, best
+
+    def _topk_over_all(
         self,
         x: _Batch,
         test_boxes: torch.Tensor,
@@ -359,8 +469,127 @@ class TaskAlignedAssigner(nn.Module):
         gt_flat: torch.Tensor,
         overlap: torch.Tensor,
         metric: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        """Top-k first from the inside top-k claims: those still in the GT's top-k over all anchors.
+
+        An anchor outside the GT matters only if its t reaches the GT's weakest inside claim
+        theta. As s**alpha <= 1 (alpha >= 0), that needs overlap >= c = theta**(1/beta), so
+        the IoU too (CIoU <= IoU), and an IoU >= c needs an intersection >= c * the GT's area,
+        so an x-overlap >= c * area / min(2 * reach_y, GT height) (the same in y). A predicted
+        box lies within its anchor's reach of the anchor point, so the anchor point lies in the
+        GT shrunk by that overlap and grown by the reach: each reach group is searched with
+        that box, for all images at once (c taken 1 % low, 1 px slack against rounding; see
+        :meth:`_near_pairs`). The found pairs get the IoU bound, lose the inside pairs (the
+        claims hold them), and keep t >= theta and each GT's k best per chunk; with the inside
+        claims they give each GT's top-k over all anchors.
+        """
+        b, g, a = x.batch, x.num_gt, x.num_anchors
+        weakest = metric.new_full((b * g,), torch.inf).scatter_reduce(0, gt_flat, metric, "amin")
+        position = (weakest[x.valid] < torch.inf).nonzero().squeeze(1)  # (V',) into valid: GTs with claims
+        rows = x.valid[position]
+        theta = weakest[rows]  # (V',) > 0
+        boxes = x.gt[rows]
+        # (with alpha < 0, s**alpha is not bounded by 1: no bound)
+        cover = theta.double().pow(1.0 / self.beta).float() * 0.99 if self.alpha >= 0 else torch.zeros_like(theta)
+        area = (boxes[:, 2:] - boxes[:, :2]).prod(1)  # (V',)
+        pred_area = (x.pred[:, 2:] - x.pred[:, :2]).prod(1)  # (B * A,)
+        found = [(slot, gt_flat, overlap, metric, torch.ones_like(slot, dtype=torch.bool))]
+        for pair, pair_slot in self._near_pairs(x, rows, cover):
+            # the IoU bound first (it drops most), then the inside pairs (the claims hold them)
+            near = _iou_at_least(
+                x.pred.index_select(0, pair_slot),
+                boxes.index_select(0, pair),
+                pred_area.index_select(0, pair_slot),
+                area.index_select(0, pair),
+                cover.index_select(0, pair),
+            )
+            pair, pair_slot = pair[near], pair_slot[near]
+            pair_rows = rows[pair]
+            anchor = pair_slot % a
+            outside = ~_inside_mask(x.points[anchor], test_boxes[position[pair]], self.inside_margin)
+            pair, pair_slot, pair_rows = pair[outside], pair_slot[outside], pair_rows[outside]
+            pair_overlap, pair_metric = self._score(x, pair_slot, pair_rows)
+            # those reaching theta; beyond a GT's k best here none can be in its top-k
+            reach = (pair_metric >= theta[pair]).nonzero().squeeze(1)
+            pair_slot, pair_rows = pair_slot[reach], pair_rows[reach]
+            pair_overlap, pair_metric = pair_overlap[reach], pair_metric[reach]
+            best = _segment_topk(pair_rows, pair_slot, pair_metric, self.topk, b * a)
+            found.append(
+                (
+                    pair_slot[best],
+                    pair_rows[best],
+                    pair_overlap[best],
+                    pair_metric[best],
+                    torch.zeros_like(pair_slot[best], dtype=torch.bool),
+                )
+            )
+        slot, gt_flat, overlap, metric, inside = (torch.cat(parts) for parts in zip(*found, strict=True))
+        keep = _segment_topk(gt_flat, slot, metric, self.topk, b * a) & inside
+        return slot[keep], gt_flat[keep], overlap[keep], metric[keep]
+
+    def _near_pairs(
+        self, x: _Batch, rows: torch.Tensor, cover: torch.Tensor
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Candidate (GT, anchor) pairs of :meth:`_topk_over_all`, a chunk at a time.
+
+        Every pair whose predicted box can reach an IoU >= ``cover`` with the GT is among
+        them (the bound of :meth:`_topk_over_all`); with at most :data:`_DENSE_PAIRS` pairs in
+        all, every anchor of the GT's image is.
+
+        Args:
+            rows: (V',) long GT rows ``b * G + g``, ascending; cover: (V',) IoU bound.
+
+        Yields:
+            (pair, slot): (P,) long positions into ``rows`` and anchor slots ``b * A + a``.
+        """
+        b, g, a = x.batch, x.num_gt, x.num_anchors
+        if rows.numel() * a <= _DENSE_PAIRS:
+            per_chunk = max(1, _PAIR_BUDGET // max(a, 1))
+            for start in range(0, rows.numel(), per_chunk):
+                image = torch.div(rows[start : start + per_chunk], g, rounding_mode="floor")
+                pair, slot = _ranges(image * a, torch.full_like(image, a))
+                yield pair + start, slot
+            return
+        boxes = x.gt[rows]
+        size = boxes[:, 2:] - boxes[:, :2]  # (V', 2)
+        area = size.prod(1)  # (V',)
+        sign = boxes.new_tensor([-1.0, -1.0, 1.0, 1.0])
+        image = torch.div(rows, g, rounding_mode="floor").float()  # (V',)
+        pred_area = (x.pred[:, 2:] - x.pred[:, :2]).clamp(min=0).prod(1)  # (B * A,)
+        for slots, margin in _reach_groups(x.points, x.pred.view(b, a, 4)):
+            # a predicted box is <= 2 * margin wide and high, and the union >= both areas: an
+            # x-overlap >= c * max(area, the group's least predicted area) / min(2 * margin_y, GT
+            # height) (the same in y), and no GT if that exceeds min(2 * margin_x, GT width)
+            least = torch.maximum(area, pred_area.index_select(0, slots).min())  # (V',)
+            reach = size.clamp(max=2 * margin)  # (V', 2) the largest overlap in x and y
+            shrink = torch.where(reach.flip(1) > 0, (cover * least)[:, None] / reach.flip(1), torch.inf)
+            shrink = torch.where((shrink > reach).any(1, keepdim=True), torch.inf, shrink)
+            region = boxes + sign * (margin - shrink).repeat(1, 2)  # (V', 4) empty for no GT
+            # one search for all images: image i's anchors and regions move right by i * offset,
+            # past every other image's (the rounding of the move is far below the 1 px slack)
+            points = x.points.index_select(0, slots % a)
+            lo = torch.minimum(points[:, 0].min(), region[:, 0].min())
+            offset = torch.maximum(points[:, 0].max(), region[:, 2].max()) - lo + 2.0
+            points[:, 0] += torch.div(slots, a, rounding_mode="floor").float() * offset
+            region[:, 0::2] += (image * offset)[:, None]
+            for start, local, point in _inside_pairs(points, region, 0.0, self.chunk_size, _PAIR_BUDGET):
+                yield start + local, slots[point]
+
+    def _resolve(
+        self,
+        x: _Batch,
+        best: tuple[torch.Tensor, ...],
+        slot: torch.Tensor,
+        gt_flat: torch.Tensor,
+        overlap: torch.Tensor,
+        metric: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Step 4: one (slot, gt_flat, overlap, t) per foreground anchor."""
+        """Step 4: one (slot, gt_flat, overlap, t) per foreground anchor.
+
+        ``best``: per anchor slot inside some GT, its inside GT of the highest overlap
+        (:meth:`_claims` with ``track_best``); used by ``"inside"``, and by ``"all"`` unless
+        the input is small (then every valid GT of the image is compared, without a search).
+        """
         b, a = x.batch, x.num_anchors
         if self.resolve == "claimants":
             win = _resolve_claims(slot, gt_flat, overlap, b * a)
@@ -370,23 +599,18 @@ class TaskAlignedAssigner(nn.Module):
         single = ~contested[slot]
         if not contested.any():
             return slot, gt_flat, overlap, metric
-        if self.resolve == "inside":
-            # every (GT, contested anchor) pair with the anchor inside the GT
-            pairs = _inside_pairs(x.points, test_boxes, self.inside_margin, self.chunk_size, _PAIR_BUDGET)
-            rival_slot, rival_gt = [], []
-            for start, local, anchor in pairs:
-                rows = x.valid[start:][local]
-                pair_slot = x.slot_of(rows, anchor)
-                keep = contested[pair_slot]
-                rival_slot.append(pair_slot[keep])
-                rival_gt.append(rows[keep])
-            rival_slot, rival_gt = torch.cat(rival_slot), torch.cat(rival_gt)
-            rival_overlap, _ = self._score(x, rival_slot, rival_gt)
-            win = _resolve_claims(rival_slot, rival_gt, rival_overlap, b * a)
-            won_slot, won_gt = rival_slot[win], rival_gt[win]
+        won_slot = contested.nonzero().squeeze(1)  # (M,) ascending
+        if self.resolve == "all" and x.small:  # every valid GT of the image, no window search
+            image = torch.div(won_slot, a, rounding_mode="floor")
+            won_gt = _best_gt_of_image(x.pred[won_slot], image, x.gt.view(b, -1, 4), x.valid, self.iou_type)
         else:
-            won_slot = contested.nonzero().squeeze(1)
-            won_gt = _best_gt_of_image(x.pred[won_slot], won_slot // a, x.gt.view(b, -1, 4), x.valid, self.iou_type)
+            best_slot, best_gt, best_overlap = best
+            best_of_slot = best_gt.new_empty(b * a)
+            best_of_slot[best_slot] = torch.arange(best_slot.numel(), device=best_slot.device)
+            best_of_slot = best_of_slot[won_slot]  # (M,) every claimed anchor is inside its claimants
+            won_gt = best_gt[best_of_slot]
+            if self.resolve == "all":
+                won_gt = self._best_of_image(x, won_slot, won_gt, best_overlap[best_of_slot])
         won_overlap, won_metric = self._score(x, won_slot, won_gt)
         return (
             torch.cat([slot[single], won_slot]),
@@ -394,3 +618,50 @@ class TaskAlignedAssigner(nn.Module):
             torch.cat([overlap[single], won_overlap]),
             torch.cat([metric[single], won_metric]),
         )
+
+    def _best_of_image(
+        self, x: _Batch, won_slot: torch.Tensor, won_gt: torch.Tensor, floor: torch.Tensor
+    ) -> torch.Tensor:
+        """For (M,) anchor slots, the valid GT of their image with the highest overlap (ties: lowest row).
+
+        ``won_gt`` (M,) is a GT of overlap ``floor`` (M,) with each: only GTs of overlap >= floor
+        can win. An overlap (so an IoU) >= c with a predicted box of width w needs an x-overlap
+        >= c * max(w, w_gt), hence w_gt <= w / c and a centre distance <= (w + w_gt) / 2 -
+        c * max(w, w_gt) <= w * max(1 - c, (1 / c - 1) / 2) (the same in y). So the GTs whose
+        centre lies in that window about the predicted box's centre (c taken 1 % low, 1 px
+        slack) are the only candidates; each image's GT centres are strip-searched with the
+        windows of its anchors.
+        """
+        a, g = x.num_anchors, x.num_gt
+        pred = x.pred.index_select(0, won_slot)  # (M, 4)
+        cover = floor * 0.99
+        factor = torch.maximum(1 - cover, (1 / cover - 1) / 2)
+        half = (pred[:, 2:] - pred[:, :2]) * factor[:, None] + 1.0  # (M, 2)
+        half = torch.where((cover > 0)[:, None], half, torch.inf)
+        centre = (pred[:, :2] + pred[:, 2:]) / 2
+        window = torch.cat([centre - half, centre + half], dim=1)  # (M, 4)
+        gt_centre = (x.gt[x.valid, :2] + x.gt[x.valid, 2:]) / 2  # (V, 2)
+        image = torch.div(won_slot, a, rounding_mode="floor")
+        splits = torch.arange(x.batch + 1, device=won_slot.device)
+        anchor_split = torch.searchsorted(image, splits).tolist()
+        gt_split = torch.searchsorted(x.valid, splits * g).tolist()
+        num_slots = x.batch * a
+        best = x.pred.new_full((num_slots,), -torch.inf)
+        best[won_slot] = floor
+        no_gt = torch.iinfo(won_gt.dtype).max
+        winner = won_gt.new_full((num_slots,), no_gt)
+        winner[won_slot] = won_gt
+        for i in range(x.batch):
+            m0, m1, v0, v1 = anchor_split[i], anchor_split[i + 1], gt_split[i], gt_split[i + 1]
+            if m0 == m1:
+                continue
+            for start, local, point in _inside_pairs(gt_centre[v0:v1], window[m0:m1], None, None, _PAIR_BUDGET):
+                slot, rows = won_slot[m0 + start + local], x.valid[v0 + point]
+                overlap = self._overlap(x, slot, rows)
+                # merge this chunk's candidates into (best, winner): higher overlap, then lower row
+                chunk_best = best.scatter_reduce(0, slot, overlap, "amax")
+                better = chunk_best > best
+                tie_gt = torch.where(overlap == chunk_best[slot], rows, no_gt)
+                chunk_winner = torch.where(better, no_gt, winner).scatter_reduce(0, slot, tie_gt, "amin")
+                best, winner = chunk_best, chunk_winner
+        return winner[won_slot]
