@@ -51,6 +51,9 @@ _ALL_PAIRS_MAX = 1 << 18
 _SWEEP_WINDOW = 16
 # Hard and DIoU NMS first run on each image's max(4 * max_det, this) highest candidates.
 _FIRST_PREFIX = 1024
+# Score thresholds from which the candidate search gathers only the rows of anchors whose L2
+# norm passes (the squares of the candidates are normal floats).
+_NORM_FLOOR = 2.0**-60
 
 
 class Detections(NamedTuple):
@@ -169,45 +172,51 @@ def _top_per_image(img: torch.Tensor, score: torch.Tensor, k: int, num_images: i
 
 
 def _candidates(
-    scores: torch.Tensor, score_thr: float, pre_nms_topk: int, multi_label: bool
+    scores: torch.Tensor, norms: torch.Tensor, score_thr: float, pre_nms_topk: int, multi_label: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(image, anchor, label, score) of the candidates, each (N,): at most ``pre_nms_topk``
     per image (the highest scores; equal scores by position), by image, then position in
-    ``scores``; ``anchor`` indexes the flattened (B * A) anchors. ``scores`` must be finite.
+    ``scores``; ``anchor`` indexes the flattened (B * A) anchors. ``scores`` must be finite,
+    ``norms`` (B, A) the L2 norm of each anchor's scores.
 
-    ``scores`` is read once, by a per-anchor max; only the rows of anchors whose max passes
-    the threshold and ranks among the ``pre_nms_topk`` highest of its image are gathered (no
-    pair outside them can be among the image's top k). The search runs on the float32 bit
-    patterns as int32, which order like the floats for scores >= 0 and reduce faster; a
-    negative score has a negative pattern and stays below any threshold >= 0. Single-label
-    ties go to the lowest class index.
+    ``scores`` is not read again as a whole: an anchor's norm is at least its highest score
+    (up to the rounding of C squares, allowed for), so only the rows of anchors whose norm
+    passes the threshold are gathered (all rows when the threshold is too small for that
+    bound). Their per-anchor maxima are exact, and of the anchors with a candidate only those
+    ranking among the ``pre_nms_topk`` highest maxima of their image are kept (no pair outside
+    them can be among the image's top k). The search runs on the float32 bit patterns as
+    int32, which order like the floats for scores >= 0; a negative score has a negative
+    pattern and stays below any threshold >= 0. Single-label ties go to the lowest class index.
     """
     num_images, num_anchors, num_classes = scores.shape
-    bits = scores.view(torch.int32)
+    all_rows = scores.view(torch.int32).view(-1, num_classes)  # (B * A, C)
     low = _float_bits(score_thr) + 1  # the least pattern of a candidate
-    best = bits.amax(-1).view(-1)  # (B * A,)
-    anchor = (best >= low).nonzero().squeeze(1)  # (Na,) candidate anchors, flattened, image-major
-    image_ends = torch.arange(1, num_images + 1, device=scores.device) * num_anchors
-    if int(torch.searchsorted(anchor, image_ends).diff(prepend=image_ends[:1] * 0).max()) > pre_nms_topk:
-        # the k-th highest anchor max: k pairs reach it, so no lower pair is among the top k
-        kth = best.view(num_images, -1).topk(pre_nms_topk, dim=1, sorted=False).values.amin(1, keepdim=True)
-        low = kth.clamp_(min=low)  # (B, 1)
-        anchor = (best.view(num_images, -1) >= low).view(-1).nonzero().squeeze(1)
-        low = low.view(-1)
-    img = anchor.div(num_anchors, rounding_mode="floor")  # (Na,)
-    all_rows = bits.view(-1, num_classes)  # (B * A, C)
-    # the rows of the candidate anchors (all rows when every anchor is one: no copy)
-    rows = all_rows if anchor.numel() == all_rows.shape[0] else all_rows.index_select(0, anchor)  # (Na, C)
-    if not multi_label:
-        label = rows.argmax(1)  # the first class holding the max
-        score = best.index_select(0, anchor).view(torch.float32)
+    # a candidate's square is a normal float (score_thr >= _NORM_FLOOR) and its row's norm at
+    # least its score times (1 - (C / 2 + 2) * 2**-24), whatever the summation order
+    loose = _float32_below(score_thr * (1 - (num_classes + 8) * 2.0**-23))
+    if loose >= _NORM_FLOOR:
+        anchor = (norms.view(-1) > loose).nonzero().squeeze(1)  # (Na,) flattened, image-major
     else:
-        passes = rows >= (low if isinstance(low, int) else low.index_select(0, img)[:, None])  # (Na, C)
-        index = passes.view(-1).nonzero().squeeze(1)  # (N,) into rows, by anchor, then class
-        row = index.div(num_classes, rounding_mode="floor")
-        label = index - row * num_classes
+        anchor = torch.arange(all_rows.shape[0], device=scores.device)
+    rows = all_rows if anchor.numel() == all_rows.shape[0] else all_rows.index_select(0, anchor)  # (Na, C)
+    best, label = rows.max(1)  # (Na,) exact; the first class holding the max
+    has = (best >= low).nonzero().squeeze(1)
+    anchor, best, label = anchor.index_select(0, has), best.index_select(0, has), label.index_select(0, has)
+    img = anchor.div(num_anchors, rounding_mode="floor")
+    if has.numel() > pre_nms_topk:  # an image may hold more than k candidate anchors
+        # the k-th highest anchor max: k pairs reach it, so no lower pair is among the top k
+        kth = _kth_per_image(img, best.view(torch.float32), pre_nms_topk, pre_nms_topk, num_images)
+        top = (best.view(torch.float32) >= kth.index_select(0, img)).nonzero().squeeze(1)
+        if top.numel() < has.numel():
+            has = has.index_select(0, top)
+            anchor, best, label, img = (t.index_select(0, top) for t in (anchor, best, label, img))
+    if not multi_label:
+        score = best.view(torch.float32)
+    else:
+        rows = rows.index_select(0, has) if has.numel() < rows.shape[0] else rows
+        row, label = (rows >= low).nonzero(as_tuple=True)  # (N,) by anchor, then class
         img, anchor = img.index_select(0, row), anchor.index_select(0, row)
-        score = rows.view(-1).index_select(0, index).view(torch.float32)
+        score = rows[row, label].view(torch.float32)
     if img.numel() > pre_nms_topk:  # some image may hold more than k
         top = _top_per_image(img, score, pre_nms_topk, num_images, always_sort=False)
         img, anchor, label, score = (t.index_select(0, top) for t in (img, anchor, label, score))
@@ -219,12 +228,13 @@ def _float_bits(value: float) -> int:
     return struct.unpack("<i", struct.pack("<f", value))[0]
 
 
-def _check_finite(boxes: torch.Tensor, scores: torch.Tensor) -> None:
-    """NaN (either sign bit) or +-inf in either input: a ValueError naming it. One reduction
-    each (a sum: finite iff every element is, unless it overflows, which the exact check
-    after it tells apart) and one host sync."""
+def _check_finite(boxes: torch.Tensor, scores: torch.Tensor, norms: torch.Tensor) -> None:
+    """NaN (either sign bit) or +-inf in either input: a ValueError naming it. ``norms``: the
+    L2 norm of each anchor's scores, non-finite iff its scores hold NaN or +-inf, or their
+    squares overflow. One host sync: a sum of the boxes and one of the norms, finite iff every
+    element is, unless it overflows, which the exact check after it tells apart."""
     names = ("boxes", "scores")
-    sums = torch.stack([boxes.sum(dtype=torch.float32), scores.sum(dtype=torch.float32)])
+    sums = torch.stack([boxes.sum(dtype=torch.float32), norms.sum()])
     for name, tensor, ok in zip(names, (boxes, scores), torch.isfinite(sums).tolist(), strict=True):
         if not ok and not torch.isfinite(tensor).all():
             raise ValueError(f"{name} must be finite: found NaN or +-inf")
@@ -555,10 +565,12 @@ def multiclass_nms(
     """
     _check_inputs(boxes, scores)
     cfg = NMSSettings(score_thr, iou_thr, max_det, pre_nms_topk, multi_label, class_agnostic, method, sigma)
-    _check_finite(boxes, scores)
+    checked = boxes, scores
     boxes, scores = boxes.float().contiguous(), scores.float().contiguous()  # views below need a flat layout
+    norms = torch.linalg.vector_norm(scores, dim=-1)  # (B, A): the one pass over all scores
+    _check_finite(*checked, norms)
     if cfg.method == "soft":
-        return _detections(boxes, scores, cfg, cfg.pre_nms_topk)[0]
+        return _detections(boxes, scores, norms, cfg, cfg.pre_nms_topk)[0]
     # Greedy NMS keeps a box iff no kept box of its group outranks and suppresses it, so on
     # the k highest candidates of an image it keeps exactly the full run's survivors among
     # them: an image with max_det survivors there is done; the others go again with 8 k.
@@ -566,24 +578,24 @@ def multiclass_nms(
     todo = list(range(scores.shape[0]))
     prefix = min(cfg.pre_nms_topk, max(4 * cfg.max_det, _FIRST_PREFIX))
     while todo:
-        part, short = _detections(boxes, scores, cfg, prefix)
+        part, short = _detections(boxes, scores, norms, cfg, prefix)
         for i, det in zip(todo, part, strict=True):
             dets[i] = det
         again = short.nonzero().squeeze(1)
-        boxes, scores, todo = boxes[again], scores[again], [todo[i] for i in again.tolist()]
+        boxes, scores, norms, todo = boxes[again], scores[again], norms[again], [todo[i] for i in again.tolist()]
         prefix = min(cfg.pre_nms_topk, 8 * prefix)
     return dets
 
 
 def _detections(
-    boxes: torch.Tensor, scores: torch.Tensor, cfg: NMSSettings, pre_nms_topk: int
+    boxes: torch.Tensor, scores: torch.Tensor, norms: torch.Tensor, cfg: NMSSettings, pre_nms_topk: int
 ) -> tuple[list[Detections], torch.Tensor]:
     """NMS with ``cfg`` on the ``pre_nms_topk`` highest candidates of each image: the
     detections and which images (bool (B,)) might have more survivors past that prefix
     (fewer than max_det kept while the prefix was full and shorter than ``cfg.pre_nms_topk``)."""
     num_images, _, num_classes = scores.shape
     if scores.numel():
-        img, anchor, label, score = _candidates(scores, cfg.score_thr, pre_nms_topk, cfg.multi_label)
+        img, anchor, label, score = _candidates(scores, norms, cfg.score_thr, pre_nms_topk, cfg.multi_label)
     else:  # A = 0 or C = 0 (a max over an empty dim raises)
         img = anchor = label = torch.zeros(0, dtype=torch.long, device=scores.device)
         score = scores.new_zeros(0)
