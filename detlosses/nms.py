@@ -52,7 +52,7 @@ _SWEEP_WINDOW = 16
 # Hard and DIoU NMS first run on each image's max(4 * max_det, this) highest candidates.
 _FIRST_PREFIX = 1024
 # Score thresholds from which the candidate search gathers only the rows of anchors whose L2
-# norm passes (the squares of the candidates are normal floats).
+# norm passes (the squares of candidates are normal floats then).
 _NORM_FLOOR = 2.0**-60
 
 
@@ -185,49 +185,45 @@ def _candidates(
     ``scores``; ``anchor`` indexes the flattened (B * A) anchors. ``scores`` must be finite,
     ``norms`` (B, A) the L2 norm of each anchor's scores.
 
-    ``scores`` is not read again as a whole: an anchor's norm is at least its highest score
-    (up to the rounding of C squares, allowed for), so only the rows of anchors whose norm
-    passes the threshold are gathered (all rows when the threshold is too small for that
-    bound). An image with more than ``pre_nms_topk`` of them keeps the anchors whose (exact)
-    max ranks among its k highest: no pair outside them can be among its top k. The search
-    runs on the float32 bit patterns as int32, which order like the floats for scores >= 0; a
-    negative score has a negative pattern and stays below any threshold >= 0. Single-label
-    ties go to the lowest class index.
+    ``scores`` is not read again as a whole: only the rows of anchors whose norm passes the
+    threshold are gathered. The norm computed in float32 is at least the row's max m: the
+    rounded sum of rounded squares is at least the rounded m**2 (adding numbers >= 0 never
+    rounds below a partial sum), and the rounded square root of the rounded m**2 is m, unless
+    m**2 is subnormal, which ``score_thr >= _NORM_FLOOR`` rules out (for smaller thresholds
+    every row is searched). An image with more than ``pre_nms_topk`` of them keeps the
+    anchors whose max ranks among its k highest: no pair outside them can be among its top
+    k. The search runs on the float32 bit patterns as int32, which order like the floats for
+    scores >= 0; a negative score has a negative pattern and stays below any threshold >= 0.
+    Single-label ties go to the lowest class index.
     """
     num_images, num_anchors, num_classes = scores.shape
     all_rows = scores.view(torch.int32).view(-1, num_classes)  # (B * A, C)
     low = _float_bits(score_thr) + 1  # the least pattern of a candidate
-    # a candidate's square is a normal float (score_thr >= _NORM_FLOOR) and its row's norm at
-    # least its score times (1 - (C / 2 + 2) * 2**-24), whatever the summation order
-    loose = _float32_below(score_thr * (1 - (num_classes + 8) * 2.0**-23))
-    if loose >= _NORM_FLOOR:
-        anchor = (norms.view(-1) > loose).nonzero().squeeze(1)  # (Na,) flattened, image-major
-    else:
-        anchor = torch.arange(all_rows.shape[0], device=scores.device)
+    # (Na,) flattened, image-major; every anchor when the threshold is too small for the bound
+    search_all = score_thr < _NORM_FLOOR
+    anchor = torch.arange(len(all_rows), device=scores.device) if search_all else _nonzero(norms > score_thr)
     rows = all_rows if anchor.numel() == all_rows.shape[0] else all_rows.index_select(0, anchor)  # (Na, C)
-    if not multi_label:
+    img = anchor.div(num_anchors, rounding_mode="floor")
+    if anchor.numel() > pre_nms_topk and int(torch.bincount(img, minlength=num_images).max()) > pre_nms_topk:
+        best = rows.amax(1)
+        # the k-th highest anchor max: k pairs reach it, so no lower pair is among the top k
+        kth = _kth_per_image(img, best.view(torch.float32), pre_nms_topk, pre_nms_topk, num_images)
+        # (Na,) the least pattern of a pair that can be in its image's top k (kth -inf: none cut)
+        low = kth.view(torch.int32).clamp(min=low).index_select(0, img)
+        top = (best >= low).nonzero().squeeze(1)
+        anchor, img, low, rows = (t.index_select(0, top) for t in (anchor, img, low, rows))
+        low = low[:, None] if multi_label else low
+    if multi_label:
+        index = _nonzero(rows >= low)  # (N,) into rows, by anchor, then class
+        row = index.div(num_classes, rounding_mode="floor")
+        label = index - row * num_classes
+        img, anchor = img.index_select(0, row), anchor.index_select(0, row)
+        score = rows.view(-1).index_select(0, index).view(torch.float32)
+    else:
         label = rows.argmax(1)  # the first class holding the max
         best = rows.gather(1, label[:, None]).squeeze(1)
         has = (best >= low).nonzero().squeeze(1)
-        anchor, best, label = (t.index_select(0, has) for t in (anchor, best, label))
-    img = anchor.div(num_anchors, rounding_mode="floor")
-    if anchor.numel() > pre_nms_topk and int(torch.bincount(img, minlength=num_images).max()) > pre_nms_topk:
-        if multi_label:
-            best = rows.amax(1)
-        # the k-th highest anchor max: k pairs reach it, so no lower pair is among the top k
-        kth = _kth_per_image(img, best.view(torch.float32), pre_nms_topk, pre_nms_topk, num_images)
-        top = ((best >= low) & (best.view(torch.float32) >= kth.index_select(0, img))).nonzero().squeeze(1)
-        anchor, img, best = (t.index_select(0, top) for t in (anchor, img, best))
-        if multi_label:
-            rows = rows.index_select(0, top)
-        else:
-            label = label.index_select(0, top)
-    if multi_label:
-        row, label = (rows >= low).nonzero(as_tuple=True)  # (N,) by anchor, then class
-        img, anchor = img.index_select(0, row), anchor.index_select(0, row)
-        score = rows[row, label].view(torch.float32)
-    else:
-        score = best.view(torch.float32)
+        img, anchor, label, score = (t.index_select(0, has) for t in (img, anchor, label, best.view(torch.float32)))
     if img.numel() > pre_nms_topk:  # some image may hold more than k
         top = _top_per_image(img, score, pre_nms_topk, num_images, always_sort=False)[0]
         if top is not None:
@@ -243,13 +239,27 @@ def _float_bits(value: float) -> int:
 def _check_finite(boxes: torch.Tensor, scores: torch.Tensor, norms: torch.Tensor) -> None:
     """NaN (either sign bit) or +-inf in either input: a ValueError naming it. ``norms``: the
     L2 norm of each anchor's scores, non-finite iff its scores hold NaN or +-inf, or their
-    squares overflow. One host sync: a sum of the boxes and one of the norms, finite iff every
-    element is, unless it overflows, which the exact check after it tells apart."""
-    names = ("boxes", "scores")
-    sums = torch.stack([boxes.sum(dtype=torch.float32), norms.sum()])
-    for name, tensor, ok in zip(names, (boxes, scores), torch.isfinite(sums).tolist(), strict=True):
-        if not ok and not torch.isfinite(tensor).all():
+    squares overflow. One host sync: the sum of the boxes and the norms is finite iff every
+    element is, unless it overflows, which the exact checks after it tell apart."""
+    if math.isfinite(boxes.sum(dtype=torch.float32).add_(norms.sum()).item()):
+        return
+    for name, tensor in (("boxes", boxes), ("scores", scores)):
+        if not torch.isfinite(tensor).all():
             raise ValueError(f"{name} must be finite: found NaN or +-inf")
+
+
+def _nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """``mask.view(-1).nonzero().squeeze(1)`` for a contiguous bool ``mask``, quicker when
+    few entries are True: ``nonzero`` runs over words of 8 entries (an int64 view) first,
+    then over the entries of the words holding one."""
+    flat = mask.view(-1)
+    if flat.numel() % 8:
+        return flat.nonzero().squeeze(1)
+    words = flat.view(torch.int64).nonzero().squeeze(1)
+    if 2 * words.numel() > len(flat) // 8:  # not that few
+        return flat.nonzero().squeeze(1)
+    hits = flat.view(-1, 8).index_select(0, words).view(-1).nonzero().squeeze(1)
+    return words.index_select(0, hits.div(8, rounding_mode="floor")) * 8 + hits.remainder(8)
 
 
 def _float32_below(value: float) -> float:
@@ -584,15 +594,19 @@ def multiclass_nms(
     Raises:
         ValueError: bad shapes or settings, or NaN / +-inf in ``boxes`` or ``scores``.
 
+    ``scores`` is read once as a whole: the L2 norm of each anchor's scores is non-finite iff
+    they hold NaN or +-inf (checked) and at least their max, so only the rows of anchors
+    whose norm passes ``score_thr`` are searched for candidates.
     Hard and DIoU NMS first run on the max(4 * max_det, 1024) highest candidates of each
     image (greedy NMS keeps exactly the full run's survivors among any score-ordered prefix),
     again with 8 times as many for an image left with fewer than max_det survivors. They run
-    every (image, class) group of the batch at once: every pair of small groups, or the
-    pairs of a group that can overlap by more than ``iou_thr`` (a sweep over x with y
-    bounds), get their overlap computed with the kernel's own float32 arithmetic, and greedy
-    suppression is iterated to its fixed point over those pairs (Cluster-NMS); groups with
-    very dense clusters or very long suppression chains go to torchvision's kernel. No
-    float64 anywhere (MPS has none).
+    every (image, class) group of the batch at once: each group's top box is kept and drops
+    the boxes it suppresses; of the rest, every pair of small groups, or the pairs of a
+    group that can overlap by more than ``iou_thr`` (a sweep over x with y bounds), get
+    their overlap computed with the kernel's own float32 arithmetic, and greedy suppression
+    is iterated to its fixed point over those pairs (Cluster-NMS); groups with very dense
+    clusters or very long suppression chains go to torchvision's kernel. No float64
+    anywhere (MPS has none).
     Soft-NMS runs all groups together, in rounds that each select every box outscoring its
     remaining overlapping boxes.
     """
