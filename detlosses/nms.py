@@ -371,7 +371,7 @@ def _greedy_nms(
 ) -> torch.Tensor:
     """Greedy NMS within groups (``groups`` in [0, num_groups)): the kept mask (N,). A box
     outranks the boxes of its group with a lower score, and of equal scores the later ones;
-    scores must be > 0.
+    scores must be > 0 and N < 2**32.
 
     The top box of each group is kept, and every box it suppresses is not (one overlap per
     box, no sort). Suppressed boxes suppress nothing and the top suppresses none of the
