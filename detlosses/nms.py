@@ -51,6 +51,9 @@ _ALL_PAIRS_MAX = 1 << 18
 _SWEEP_WINDOW = 16
 # Hard and DIoU NMS first run on each image's max(4 * max_det, this) highest candidates.
 _FIRST_PREFIX = 1024
+# Score thresholds from which the candidate search gathers only the rows of anchors whose L2
+# norm passes (the squares of candidates are normal floats then).
+_NORM_FLOOR = 2.0**-60
 
 
 class Detections(NamedTuple):
@@ -142,18 +145,22 @@ def _ordered_bits(x: torch.Tensor) -> torch.Tensor:
     return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).long() + 2**31
 
 
-def _top_per_image(img: torch.Tensor, score: torch.Tensor, k: int, num_images: int, always_sort: bool = True):
-    """Indices of the ``k`` highest scores of each image (equal scores: the lower index first);
-    ``img`` is sorted and scores are > 0. Sorted by image, then score (descending), then
-    index; without ``always_sort`` in index order.
+def _top_per_image(
+    img: torch.Tensor, score: torch.Tensor, k: int, num_images: int, always_sort: bool = True
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Indices of the ``k`` highest scores of each image (equal scores: the lower index first)
+    and how many each image keeps, (num_images,); ``img`` is sorted and scores are > 0. Sorted
+    by image, then score (descending), then index; without ``always_sort`` in index order,
+    and None when every entry is kept.
 
     Images with more than ``k`` entries first find their k-th highest score with one
     ``topk`` over an image-padded copy: entries above it are in, and of those equal to it the
     first ones in index order, until the image holds ``k``.
     """
-    idx = torch.arange(score.numel(), device=score.device)
     counts = torch.bincount(img, minlength=num_images)
+    idx = None
     if score.numel() and int(counts.max()) > k:
+        idx = torch.arange(score.numel(), device=score.device)
         starts = (counts.cumsum(0) - counts).index_select(0, img)  # (N,) first entry of its image
         padded = score.new_full((num_images, int(counts.max())), -math.inf)
         padded[img, idx - starts] = score
@@ -163,54 +170,64 @@ def _top_per_image(img: torch.Tensor, score: torch.Tensor, k: int, num_images: i
         ties_before = tied.long().cumsum(0) - tied.long()  # (N,) equal to the k-th score, earlier in the batch
         ties_before -= ties_before.index_select(0, starts)  # ... earlier in the image
         idx = (above | (tied & (ties_before < room.index_select(0, img)))).nonzero().squeeze(1)
+        img, score, counts = img.index_select(0, idx), score.index_select(0, idx), counts.clamp_(max=k)
     if always_sort:
-        idx = idx.index_select(0, _score_key(img.index_select(0, idx), score.index_select(0, idx)).argsort(stable=True))
-    return idx
+        order = _score_key(img, score).argsort(stable=True)
+        idx = order if idx is None else idx.index_select(0, order)
+    return idx, counts
 
 
 def _candidates(
-    scores: torch.Tensor, score_thr: float, pre_nms_topk: int, multi_label: bool
+    scores: torch.Tensor, norms: torch.Tensor, score_thr: float, pre_nms_topk: int, multi_label: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(image, anchor, label, score) of the candidates, each (N,): at most ``pre_nms_topk``
     per image (the highest scores; equal scores by position), by image, then position in
-    ``scores``; ``anchor`` indexes the flattened (B * A) anchors. ``scores`` must be finite.
+    ``scores``; ``anchor`` indexes the flattened (B * A) anchors. ``scores`` must be finite,
+    ``norms`` (B, A) the L2 norm of each anchor's scores.
 
-    ``scores`` is read once, by a per-anchor max; only the rows of anchors whose max passes
-    the threshold and ranks among the ``pre_nms_topk`` highest of its image are gathered (no
-    pair outside them can be among the image's top k). The search runs on the float32 bit
-    patterns as int32, which order like the floats for scores >= 0 and reduce faster; a
-    negative score has a negative pattern and stays below any threshold >= 0. Single-label
-    ties go to the lowest class index.
+    ``scores`` is not read again as a whole: only the rows of anchors whose norm passes the
+    threshold are gathered. The norm computed in float32 is at least the row's max m: the
+    rounded sum of rounded squares is at least the rounded m**2 (adding numbers >= 0 never
+    rounds below a partial sum), and the rounded square root of the rounded m**2 is m, unless
+    m**2 is subnormal, which ``score_thr >= _NORM_FLOOR`` rules out (for smaller thresholds
+    every row is searched). An image with more than ``pre_nms_topk`` of them keeps the
+    anchors whose max ranks among its k highest: no pair outside them can be among its top
+    k. The search runs on the float32 bit patterns as int32, which order like the floats for
+    scores >= 0; a negative score has a negative pattern and stays below any threshold >= 0.
+    Single-label ties go to the lowest class index.
     """
     num_images, num_anchors, num_classes = scores.shape
-    bits = scores.view(torch.int32)
+    all_rows = scores.view(torch.int32).view(-1, num_classes)  # (B * A, C)
     low = _float_bits(score_thr) + 1  # the least pattern of a candidate
-    best = bits.amax(-1).view(-1)  # (B * A,)
-    anchor = (best >= low).nonzero().squeeze(1)  # (Na,) candidate anchors, flattened, image-major
-    image_ends = torch.arange(1, num_images + 1, device=scores.device) * num_anchors
-    if int(torch.searchsorted(anchor, image_ends).diff(prepend=image_ends[:1] * 0).max()) > pre_nms_topk:
-        # the k-th highest anchor max: k pairs reach it, so no lower pair is among the top k
-        kth = best.view(num_images, -1).topk(pre_nms_topk, dim=1, sorted=False).values.amin(1, keepdim=True)
-        low = kth.clamp_(min=low)  # (B, 1)
-        anchor = (best.view(num_images, -1) >= low).view(-1).nonzero().squeeze(1)
-        low = low.view(-1)
-    img = anchor.div(num_anchors, rounding_mode="floor")  # (Na,)
-    all_rows = bits.view(-1, num_classes)  # (B * A, C)
-    # the rows of the candidate anchors (all rows when every anchor is one: no copy)
+    # (Na,) flattened, image-major; every anchor when the threshold is too small for the bound
+    search_all = score_thr < _NORM_FLOOR
+    anchor = torch.arange(len(all_rows), device=scores.device) if search_all else _nonzero(norms > score_thr)
     rows = all_rows if anchor.numel() == all_rows.shape[0] else all_rows.index_select(0, anchor)  # (Na, C)
-    if not multi_label:
-        label = rows.argmax(1)  # the first class holding the max
-        score = best.index_select(0, anchor).view(torch.float32)
-    else:
-        passes = rows >= (low if isinstance(low, int) else low.index_select(0, img)[:, None])  # (Na, C)
-        index = passes.view(-1).nonzero().squeeze(1)  # (N,) into rows, by anchor, then class
+    img = anchor.div(num_anchors, rounding_mode="floor")
+    if anchor.numel() > pre_nms_topk and int(torch.bincount(img, minlength=num_images).max()) > pre_nms_topk:
+        best = rows.amax(1)
+        # the k-th highest anchor max: k pairs reach it, so no lower pair is among the top k
+        kth = _kth_per_image(img, best.view(torch.float32), pre_nms_topk, pre_nms_topk, num_images)
+        # (Na,) the least pattern of a pair that can be in its image's top k (kth -inf: none cut)
+        low = kth.view(torch.int32).clamp(min=low).index_select(0, img)
+        top = (best >= low).nonzero().squeeze(1)
+        anchor, img, low, rows = (t.index_select(0, top) for t in (anchor, img, low, rows))
+        low = low[:, None] if multi_label else low
+    if multi_label:
+        index = _nonzero(rows >= low)  # (N,) into rows, by anchor, then class
         row = index.div(num_classes, rounding_mode="floor")
         label = index - row * num_classes
         img, anchor = img.index_select(0, row), anchor.index_select(0, row)
         score = rows.view(-1).index_select(0, index).view(torch.float32)
+    else:
+        label = rows.argmax(1)  # the first class holding the max
+        best = rows.gather(1, label[:, None]).squeeze(1)
+        has = (best >= low).nonzero().squeeze(1)
+        img, anchor, label, score = (t.index_select(0, has) for t in (img, anchor, label, best.view(torch.float32)))
     if img.numel() > pre_nms_topk:  # some image may hold more than k
-        top = _top_per_image(img, score, pre_nms_topk, num_images, always_sort=False)
-        img, anchor, label, score = (t.index_select(0, top) for t in (img, anchor, label, score))
+        top = _top_per_image(img, score, pre_nms_topk, num_images, always_sort=False)[0]
+        if top is not None:
+            img, anchor, label, score = (t.index_select(0, top) for t in (img, anchor, label, score))
     return img, anchor, label, score
 
 
@@ -219,15 +236,30 @@ def _float_bits(value: float) -> int:
     return struct.unpack("<i", struct.pack("<f", value))[0]
 
 
-def _check_finite(boxes: torch.Tensor, scores: torch.Tensor) -> None:
-    """NaN (either sign bit) or +-inf in either input: a ValueError naming it. One reduction
-    each (a sum: finite iff every element is, unless it overflows, which the exact check
-    after it tells apart) and one host sync."""
-    names = ("boxes", "scores")
-    sums = torch.stack([boxes.sum(dtype=torch.float32), scores.sum(dtype=torch.float32)])
-    for name, tensor, ok in zip(names, (boxes, scores), torch.isfinite(sums).tolist(), strict=True):
-        if not ok and not torch.isfinite(tensor).all():
+def _check_finite(boxes: torch.Tensor, scores: torch.Tensor, norms: torch.Tensor) -> None:
+    """NaN (either sign bit) or +-inf in either input: a ValueError naming it. ``norms``: the
+    L2 norm of each anchor's scores, non-finite iff its scores hold NaN or +-inf, or their
+    squares overflow. One host sync: the sum of the boxes and the norms is finite iff every
+    element is, unless it overflows, which the exact checks after it tell apart."""
+    if math.isfinite(boxes.sum(dtype=torch.float32).add_(norms.sum()).item()):
+        return
+    for name, tensor in (("boxes", boxes), ("scores", scores)):
+        if not torch.isfinite(tensor).all():
             raise ValueError(f"{name} must be finite: found NaN or +-inf")
+
+
+def _nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """``mask.view(-1).nonzero().squeeze(1)`` for a contiguous bool ``mask``, quicker when
+    few entries are True: ``nonzero`` runs over words of 8 entries (an int64 view) first,
+    then over the entries of the words holding one."""
+    flat = mask.view(-1)
+    if flat.numel() % 8:
+        return flat.nonzero().squeeze(1)
+    words = flat.view(torch.int64).nonzero().squeeze(1)
+    if 2 * words.numel() > len(flat) // 8:  # not that few
+        return flat.nonzero().squeeze(1)
+    hits = flat.view(-1, 8).index_select(0, words).view(-1).nonzero().squeeze(1)
+    return words.index_select(0, hits.div(8, rounding_mode="floor")) * 8 + hits.remainder(8)
 
 
 def _float32_below(value: float) -> float:
@@ -248,16 +280,15 @@ def _group_pair_edges(
 
     The IoU is that of :func:`_kernel_iou`.
     """
-    pos = torch.arange(groups.numel(), device=groups.device)
     sizes = torch.unique_consecutive(groups, return_counts=True)[1]
-    partners = sizes.cumsum(0).repeat_interleave(sizes) - pos - 1  # (N,) later boxes of the group
-    total = int(partners.sum())
+    ends = sizes.cumsum(0).repeat_interleave(sizes, output_size=groups.numel())  # (N,) past the box's group
+    partners = ends - torch.arange(1, groups.numel() + 1, device=groups.device)  # (N,) later boxes of the group
+    last = partners.cumsum(0)  # (N,) past the box's pairs in the list
+    total = int(last[-1])
     if total > _ALL_PAIRS_MAX:
         return None
-    p = pos.repeat_interleave(partners, output_size=total)  # (E,)
-    q = torch.arange(total, device=groups.device) + (pos + 1 - (partners.cumsum(0) - partners)).repeat_interleave(
-        partners, output_size=total
-    )
+    p = torch.repeat_interleave(partners, output_size=total)  # (E,)
+    q = torch.arange(total, device=groups.device) - (last - ends).index_select(0, p)
     index = (_kernel_iou(boxes, p, q, diou) > iou_thr).nonzero().squeeze(1)
     return p.index_select(0, index), q.index_select(0, index)
 
@@ -336,13 +367,36 @@ def _kernel_iou(boxes: torch.Tensor, p: torch.Tensor, q: torch.Tensor, diou: boo
 
 
 def _greedy_nms(
-    boxes: torch.Tensor,
-    groups: torch.Tensor,
-    iou_thr: float,
-    diou: bool,
+    boxes: torch.Tensor, score: torch.Tensor, groups: torch.Tensor, num_groups: int, iou_thr: float, diou: bool
 ) -> torch.Tensor:
+    """Greedy NMS within groups (``groups`` in [0, num_groups)): the kept mask (N,). A box
+    outranks the boxes of its group with a lower score, and of equal scores the later ones;
+    scores must be > 0 and N < 2**32.
+
+    The top box of each group is kept, and every box it suppresses is not (one overlap per
+    box, no sort). Suppressed boxes suppress nothing and the top suppresses none of the
+    others, so the others' fate is their own greedy run without them: :func:`_cluster_nms` on
+    what is left, in priority order (in trained-like output each group's top box takes most
+    of its cluster).
+    """
+    pos = torch.arange(groups.numel(), device=groups.device)
+    # the top of each group: the highest score, ties to the lowest index (score patterns order like the scores)
+    key = (score.view(torch.int32).long() << 32) | (2**32 - 1 - pos)
+    best = key.new_full((num_groups,), -1).scatter_reduce_(0, groups, key, "amax")
+    top = 2**32 - 1 - (best.index_select(0, groups) & (2**32 - 1))  # (N,) the top box of its group
+    is_top = top == pos
+    keep = ~(_kernel_iou(boxes, top, pos, diou) > iou_thr) | is_top
+    rest = (keep & ~is_top).nonzero().squeeze(1)
+    if rest.numel():
+        rest_groups = groups.index_select(0, rest)
+        rest = rest.index_select(0, _score_key(rest_groups, score.index_select(0, rest)).argsort(stable=True))
+        keep[rest] = _cluster_nms(boxes.index_select(0, rest), groups.index_select(0, rest), iou_thr, diou)
+    return keep
+
+
+def _cluster_nms(boxes: torch.Tensor, groups: torch.Tensor, iou_thr: float, diou: bool) -> torch.Tensor:
     """Greedy NMS within groups; boxes are in priority order (a box outranks every later box
-    of its group). Returns the kept mask (N,).
+    of its group) and ``groups`` sorted. Returns the kept mask (N,), N >= 1.
 
     The greedy result is the unique ``keep`` with keep[j] = no kept i < j suppresses j.
     It is found by iterating that equation from all-kept over the sparse list of
@@ -354,39 +408,38 @@ def _greedy_nms(
     kernel (hard NMS).
     """
     keep = torch.ones(groups.numel(), dtype=torch.bool, device=boxes.device)
-    if not groups.numel():
-        return keep
     edges = _group_pair_edges(boxes, groups, iou_thr, diou)
     if edges is None:  # large groups: an x-sweep finds the pairs that can overlap enough
         p, q, to_torchvision = _sweep_edges(boxes, groups, iou_thr, diou)
         src, dst = torch.minimum(p, q), torch.maximum(p, q)  # the earlier box suppresses the later
     else:
-        (src, dst), to_torchvision = edges, torch.zeros(int(groups[-1]) + 1, dtype=torch.bool, device=boxes.device)
-    suppressors = torch.zeros(groups.numel(), dtype=torch.int32, device=boxes.device)
+        (src, dst), to_torchvision = edges, None
+    hits = torch.zeros(groups.numel(), dtype=torch.int32, device=boxes.device)
     active = None  # boxes whose group may still change (None: all)
     for round_ in itertools.count(1):
         if not src.numel():
             break
-        # kept suppressors of each box
-        suppressed = suppressors.zero_().index_add_(0, dst, keep.index_select(0, src).int()) > 0
-        changed = suppressed == keep  # (N,) where the next keep differs
+        # no kept suppressor
+        free = hits.zero_().index_add_(0, dst, keep.index_select(0, src).int()) == 0
         if active is not None:
-            changed &= active
-        if not changed.any():
+            free = torch.where(active, free, keep)
+        if torch.equal(free, keep):
             break
-        keep = keep ^ changed
         if round_ % _ROUNDS_BEFORE_TORCHVISION == 0:
             # long suppression chains (grids of equal boxes): a group that did not change is at
             # its fixed point; the others go on alone, or to torchvision's kernel after
             # _MAX_ROUNDS rounds (hard NMS)
-            changing = torch.zeros_like(to_torchvision).index_fill_(0, groups[changed], True)  # (G,)
+            num_groups = int(groups[-1]) + 1
+            changing = torch.zeros(num_groups, dtype=torch.bool, device=boxes.device)
+            changing.index_fill_(0, groups[free != keep], True)  # (G,)
             if round_ >= _MAX_ROUNDS and not diou:
-                to_torchvision |= changing
+                to_torchvision = changing if to_torchvision is None else to_torchvision | changing
                 break
             active = changing.index_select(0, groups)
             live = active.index_select(0, dst).nonzero().squeeze(1)
             src, dst = src.index_select(0, live), dst.index_select(0, live)
-    if to_torchvision.any():
+        keep = free
+    if to_torchvision is not None and to_torchvision.any():
         # torchvision's kernel per group (contiguous here), fed the priority order as distinct scores
         sizes = torch.bincount(groups, minlength=to_torchvision.numel())
         starts, sizes = (sizes.cumsum(0) - sizes).tolist(), sizes.tolist()
@@ -541,24 +594,30 @@ def multiclass_nms(
     Raises:
         ValueError: bad shapes or settings, or NaN / +-inf in ``boxes`` or ``scores``.
 
+    ``scores`` is read once as a whole: the L2 norm of each anchor's scores is non-finite iff
+    they hold NaN or +-inf (checked) and at least their max, so only the rows of anchors
+    whose norm passes ``score_thr`` are searched for candidates.
     Hard and DIoU NMS first run on the max(4 * max_det, 1024) highest candidates of each
     image (greedy NMS keeps exactly the full run's survivors among any score-ordered prefix),
     again with 8 times as many for an image left with fewer than max_det survivors. They run
-    every (image, class) group of the batch at once: every pair of small groups, or the
-    pairs of a group that can overlap by more than ``iou_thr`` (a sweep over x with y
-    bounds), get their overlap computed with the kernel's own float32 arithmetic, and greedy
-    suppression is iterated to its fixed point over those pairs (Cluster-NMS); groups with
-    very dense clusters or very long suppression chains go to torchvision's kernel. No
-    float64 anywhere (MPS has none).
+    every (image, class) group of the batch at once: each group's top box is kept and drops
+    the boxes it suppresses; of the rest, every pair of small groups, or the pairs of a
+    group that can overlap by more than ``iou_thr`` (a sweep over x with y bounds), get
+    their overlap computed with the kernel's own float32 arithmetic, and greedy suppression
+    is iterated to its fixed point over those pairs (Cluster-NMS); groups with very dense
+    clusters or very long suppression chains go to torchvision's kernel. No float64
+    anywhere (MPS has none).
     Soft-NMS runs all groups together, in rounds that each select every box outscoring its
     remaining overlapping boxes.
     """
     _check_inputs(boxes, scores)
     cfg = NMSSettings(score_thr, iou_thr, max_det, pre_nms_topk, multi_label, class_agnostic, method, sigma)
-    _check_finite(boxes, scores)
+    checked = boxes, scores
     boxes, scores = boxes.float().contiguous(), scores.float().contiguous()  # views below need a flat layout
+    norms = torch.linalg.vector_norm(scores, dim=-1)  # (B, A): the one pass over all scores
+    _check_finite(*checked, norms)
     if cfg.method == "soft":
-        return _detections(boxes, scores, cfg, cfg.pre_nms_topk)[0]
+        return _detections(boxes, scores, norms, cfg, cfg.pre_nms_topk)[0]
     # Greedy NMS keeps a box iff no kept box of its group outranks and suppresses it, so on
     # the k highest candidates of an image it keeps exactly the full run's survivors among
     # them: an image with max_det survivors there is done; the others go again with 8 k.
@@ -566,51 +625,53 @@ def multiclass_nms(
     todo = list(range(scores.shape[0]))
     prefix = min(cfg.pre_nms_topk, max(4 * cfg.max_det, _FIRST_PREFIX))
     while todo:
-        part, short = _detections(boxes, scores, cfg, prefix)
+        part, again = _detections(boxes, scores, norms, cfg, prefix)
         for i, det in zip(todo, part, strict=True):
             dets[i] = det
-        again = short.nonzero().squeeze(1)
-        boxes, scores, todo = boxes[again], scores[again], [todo[i] for i in again.tolist()]
+        if again:
+            index = torch.tensor(again, device=boxes.device)
+            boxes, scores, norms = boxes[index], scores[index], norms[index]
+        todo = [todo[i] for i in again]
         prefix = min(cfg.pre_nms_topk, 8 * prefix)
     return dets
 
 
 def _detections(
-    boxes: torch.Tensor, scores: torch.Tensor, cfg: NMSSettings, pre_nms_topk: int
-) -> tuple[list[Detections], torch.Tensor]:
+    boxes: torch.Tensor, scores: torch.Tensor, norms: torch.Tensor, cfg: NMSSettings, pre_nms_topk: int
+) -> tuple[list[Detections], list[int]]:
     """NMS with ``cfg`` on the ``pre_nms_topk`` highest candidates of each image: the
-    detections and which images (bool (B,)) might have more survivors past that prefix
-    (fewer than max_det kept while the prefix was full and shorter than ``cfg.pre_nms_topk``)."""
+    detections and the images that might have more survivors past that prefix (fewer than
+    max_det kept while the prefix was full and shorter than ``cfg.pre_nms_topk``)."""
     num_images, _, num_classes = scores.shape
     if scores.numel():
-        img, anchor, label, score = _candidates(scores, cfg.score_thr, pre_nms_topk, cfg.multi_label)
+        img, anchor, label, score = _candidates(scores, norms, cfg.score_thr, pre_nms_topk, cfg.multi_label)
     else:  # A = 0 or C = 0 (a max over an empty dim raises)
         img = anchor = label = torch.zeros(0, dtype=torch.long, device=scores.device)
         score = scores.new_zeros(0)
-    cand_boxes = boxes.reshape(-1, 4).index_select(0, anchor)  # (N, 4)
+    flat_boxes = boxes.view(-1, 4)
     groups = img if cfg.class_agnostic else img * num_classes + label
 
     # candidates are by image, then position
     if cfg.method == "soft":
-        score = _soft_nms(cand_boxes, score, groups, img, cfg.sigma, cfg.score_thr, cfg.max_det)
+        score = _soft_nms(flat_boxes.index_select(0, anchor), score, groups, img, cfg.sigma, cfg.score_thr, cfg.max_det)
         keep = (score > cfg.score_thr).nonzero().squeeze(1)
     else:
         # torchvision compares the float32 IoU with the threshold as a double
         thr = _float32_below(cfg.iou_thr) if cfg.method == "hard" else cfg.iou_thr
-        # priority within a group: score (descending), then position
-        prio = _score_key(groups, score).argsort(stable=True)
-        kept = _greedy_nms(cand_boxes.index_select(0, prio), groups.index_select(0, prio), thr, cfg.method == "diou")
-        keep = torch.zeros_like(kept).index_put_((prio,), kept).nonzero().squeeze(1)
-    keep = keep.index_select(
-        0, _top_per_image(img.index_select(0, keep), score.index_select(0, keep), cfg.max_det, num_images)
-    )
-    counts = torch.bincount(img.index_select(0, keep), minlength=num_images)  # by image, then score
-    short = (counts < cfg.max_det) & (torch.bincount(img, minlength=num_images) >= pre_nms_topk)
-    short &= pre_nms_topk < cfg.pre_nms_topk
-    label, score, cand_boxes = (t.index_select(0, keep) for t in (label, score, cand_boxes))
+        num_groups = num_images if cfg.class_agnostic else num_images * num_classes
+        cand_boxes = flat_boxes.index_select(0, anchor)
+        keep = _greedy_nms(cand_boxes, score, groups, num_groups, thr, cfg.method == "diou").nonzero().squeeze(1)
+    top, counts = _top_per_image(img.index_select(0, keep), score.index_select(0, keep), cfg.max_det, num_images)
+    keep = keep.index_select(0, top)  # by image, then score
+    again = []
+    if pre_nms_topk < cfg.pre_nms_topk:
+        short = (counts < cfg.max_det) & (torch.bincount(img, minlength=num_images) >= pre_nms_topk)
+        again = short.nonzero().squeeze(1).tolist()
     counts = counts.tolist()
-    parts = zip(cand_boxes.split(counts), score.split(counts), label.split(counts), strict=True)
-    return [Detections(*part) for part in parts], short
+    label, score = label.index_select(0, keep), score.index_select(0, keep)
+    out_boxes = flat_boxes.index_select(0, anchor.index_select(0, keep))
+    parts = zip(out_boxes.split(counts), score.split(counts), label.split(counts), strict=True)
+    return [Detections(*part) for part in parts], again
 
 
 @NMS.register()

@@ -702,3 +702,64 @@ def test_equal_scores_on_a_grid(multi_label):
     ]:
         args = (*args, multi_label, False)
         assert_same(multiclass_nms(bx, sc, *args), reference_tied(bx, sc, *args))
+
+
+# ---------------------------------------------------------------- the candidate search and the top-box step
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_candidates_found_through_anchor_norms(multi_label):
+    # only anchors whose L2 norm passes score_thr are searched: a lone score one float32 step
+    # above it (norm = the score), rows of large negative scores (norm above it, no
+    # candidate) and finite scores whose squares overflow (norm inf: no error)
+    boxes, scores = sparse_batch(26, B=2, A=400, C=7)
+    thr = 0.3
+    above = float(np.nextafter(np.float32(thr), np.float32(1)))
+    scores[0, :60] = 0.0
+    scores[0, :60, 3] = above
+    scores[0, 30:60, 5] = float(np.float32(thr))  # at the threshold: not a candidate
+    scores[1, :60] = -0.9
+    scores[1, :20, 2] = above
+    scores[1, 60:70, 1] = 3e38
+    args = (thr, 0.5, 1000, 1000, multi_label, False)
+    ours = multiclass_nms(boxes, scores, *args)
+    assert_same(ours, reference_tied(boxes, scores, *args))
+    assert int((ours[0].scores == above).sum()) > 10 and int((ours[1].scores == 3e38).sum()) > 0
+
+
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_candidates_with_a_threshold_whose_squares_underflow(multi_label):
+    # scores ~1e-25: their squares underflow in float32 (the norms are 0), so for a threshold
+    # this small every anchor is searched
+    boxes, scores = sparse_batch(27, B=2, A=300, C=4)
+    tiny = scores * 1e-24
+    assert not torch.linalg.vector_norm(tiny, dim=-1).any()
+    args = (1e-30, 0.5, 300, 500, multi_label, False)
+    ours = multiclass_nms(boxes, tiny, *args)
+    assert_same(ours, batched_nms_loop(boxes, tiny, *args))
+    assert all(len(d.scores) > 50 for d in ours)
+
+
+@pytest.mark.parametrize("length", [0, 1, 7, 8, 9, 64, 203, 4096, 4100])
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.3, 1.0])
+def test_nonzero_of_sparse_masks(length, density):
+    from detlosses.nms import _nonzero
+
+    g = torch.Generator().manual_seed(length)
+    mask = torch.rand(length, generator=g) < density
+    assert torch.equal(_nonzero(mask), mask.nonzero().squeeze(1))
+    assert torch.equal(_nonzero(mask.view(-1, 1)), mask.nonzero().squeeze(1))
+
+
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_degenerate_boxes_and_duplicates_with_the_group_top(multi_label):
+    # each group's top box first drops the boxes it suppresses: zero-area boxes (IoU 0, or
+    # 0 / 0 with another one) are never suppressed, also when the top is one; every anchor
+    # twice, so tops have exact duplicates
+    boxes, scores = sparse_batch(28, B=2, A=500, C=5)
+    boxes[:, ::3, 2] = boxes[:, ::3, 0]  # zero width
+    boxes[:, ::7, 3] = boxes[:, ::7, 1]  # zero height
+    boxes, scores = torch.cat([boxes, boxes], 1), torch.cat([scores, scores], 1)
+    for args in [(0.05, 0.6, 1000, 2000, multi_label, False), (0.05, 0.0, 1000, 2000, multi_label, True)]:
+        ours = multiclass_nms(boxes, scores, *args)
+        assert_same(ours, reference_tied(boxes, scores, *args))
+        zero_area = (ours[0].boxes[:, 2] == ours[0].boxes[:, 0]) | (ours[0].boxes[:, 3] == ours[0].boxes[:, 1])
+        assert int(zero_area.sum()) > 20
