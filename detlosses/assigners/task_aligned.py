@@ -34,7 +34,7 @@ _BANDS_PER_BOX = 4
 _REACH_STEPS = 2
 # searches with at most this many (box, point) pairs test every pair instead (small inputs: a
 # few large ops beat the many small ops of the sorted searches)
-_DENSE_PAIRS = 1 << 18
+_DENSE_PAIRS = 1 << 20
 
 
 def _alignment_metric(score: torch.Tensor, overlap: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
