@@ -17,6 +17,7 @@ boxes that end up empty are dropped and counted (``val/dropped_boxes``).
 from __future__ import annotations
 
 import math
+import platform
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -76,7 +77,10 @@ def build_criterion(criterion: str | Mapping[str, Any], num_classes: int, reg_ma
 def _warn_if_bf16_is_emulated() -> None:
     """bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX) is emulated by oneDNN and
     trains several times slower than float32 (an AVX2-only CPU: 3.5-9x); say so at set-up."""
-    if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return  # the capability queries below speak of x86 instruction sets only
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if None not in probes and not any(probe() for probe in probes):
         rank_zero_warn(
             "trainer.precision is bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX): it is "
             "emulated and trains several times slower than float32; use --trainer.precision 32 here"

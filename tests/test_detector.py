@@ -199,7 +199,8 @@ def test_two_step_fit(shapes, precision):
 
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_on_a_cpu_without_bf16_instructions_warns(shapes, monkeypatch, recwarn, native):
-    # the CPU's capabilities as torch reports them, faked both ways
+    # an x86 CPU's capabilities as torch reports them, faked both ways
+    monkeypatch.setattr("lightning_modules.detector.platform.machine", lambda: "x86_64")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     model = OneStageDetector(_datamodule(shapes).num_classes)
