@@ -135,8 +135,9 @@ def _check_inputs(boxes: torch.Tensor, scores: torch.Tensor) -> None:
 
 def _score_key(prefix: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
     """int64 keys that sort ascending by ``prefix`` (an int >= 0), then by ``score``
-    descending; scores must be > 0 and finite (their int32 bit patterns then order like them)."""
-    return (prefix << 31) | (0x7FFFFFFF - score.view(torch.int32)).long()
+    descending; scores must be > 0 and finite (their int32 bit patterns, in [1, 2**31), then
+    order like them, and each prefix p gets the keys in ((p - 1) * 2**31, p * 2**31))."""
+    return (prefix << 31) - score.view(torch.int32)
 
 
 def _ordered_bits(x: torch.Tensor) -> torch.Tensor:
@@ -251,15 +252,17 @@ def _check_finite(boxes: torch.Tensor, scores: torch.Tensor, norms: torch.Tensor
 def _nonzero(mask: torch.Tensor) -> torch.Tensor:
     """``mask.view(-1).nonzero().squeeze(1)`` for a contiguous bool ``mask``, quicker when
     few entries are True: ``nonzero`` runs over words of 8 entries (an int64 view) first,
-    then over the entries of the words holding one."""
+    then over the entries of the words holding one. That costs about as much as the plain
+    ``nonzero`` when a quarter of the words hold one (CPU, measured on 67 200 and 204 240
+    entries); above that the plain one runs."""
     flat = mask.view(-1)
     if flat.numel() % 8:
         return flat.nonzero().squeeze(1)
     words = flat.view(torch.int64).nonzero().squeeze(1)
-    if 2 * words.numel() > len(flat) // 8:  # not that few
+    if 4 * words.numel() > len(flat) // 8:  # not that few
         return flat.nonzero().squeeze(1)
     hits = flat.view(-1, 8).index_select(0, words).view(-1).nonzero().squeeze(1)
-    return words.index_select(0, hits.div(8, rounding_mode="floor")) * 8 + hits.remainder(8)
+    return (words.index_select(0, hits >> 3) << 3) | (hits & 7)
 
 
 def _float32_below(value: float) -> float:
@@ -353,17 +356,17 @@ def _sweep_edges(
     return by_x.index_select(0, p), by_x.index_select(0, q), to_torchvision
 
 
-def _kernel_iou(boxes: torch.Tensor, p: torch.Tensor, q: torch.Tensor, diou: bool) -> torch.Tensor:
-    """IoU (DIoU: box_iou's) of the box pairs (p, q), (E,); the IoU with the operations of
-    torchvision's CPU NMS kernel in its order, so every value is bit-identical to the one
-    the kernel compares."""
-    bp, bq = boxes.index_select(0, p), boxes.index_select(0, q)  # (E, 4)
+def _kernel_iou(boxes: torch.Tensor, p: torch.Tensor, q: torch.Tensor | None, diou: bool) -> torch.Tensor:
+    """IoU (DIoU: box_iou's) of the box pairs (p, q), (E,); ``q`` None: every box in order
+    (E = N, no copy of the boxes). The IoU with the operations of torchvision's CPU NMS
+    kernel in its order, so every value is bit-identical to the one the kernel compares."""
+    bp, bq = boxes.index_select(0, p), boxes if q is None else boxes.index_select(0, q)  # (E, 4)
     if diou:
         return box_iou(bp, bq, mode="diou", aligned=True)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # (N,) as the kernel's
     wh = (torch.minimum(bp[:, 2:], bq[:, 2:]) - torch.maximum(bp[:, :2], bq[:, :2])).clamp_(min=0)
     inter = wh[:, 0] * wh[:, 1]
-    return inter / (area.index_select(0, p) + area.index_select(0, q) - inter)
+    return inter / (area.index_select(0, p) + (area if q is None else area.index_select(0, q)) - inter)
 
 
 def _greedy_nms(
@@ -380,13 +383,14 @@ def _greedy_nms(
     of its cluster).
     """
     pos = torch.arange(groups.numel(), device=groups.device)
-    # the top of each group: the highest score, ties to the lowest index (score patterns order like the scores)
-    key = (score.view(torch.int32).long() << 32) | (2**32 - 1 - pos)
-    best = key.new_full((num_groups,), -1).scatter_reduce_(0, groups, key, "amax")
-    top = 2**32 - 1 - (best.index_select(0, groups) & (2**32 - 1))  # (N,) the top box of its group
-    is_top = top == pos
-    keep = ~(_kernel_iou(boxes, top, pos, diou) > iou_thr) | is_top
-    rest = (keep & ~is_top).nonzero().squeeze(1)
+    # the top of each group: the highest score, ties to the lowest index (score patterns order
+    # like the scores; keys > 0 as patterns >= 1 and pos < 2**32)
+    key = (score.view(torch.int32).long() << 32) - pos
+    best = key.new_zeros(num_groups).scatter_reduce_(0, groups, key, "amax")
+    top = best.index_select(0, groups).neg_().bitwise_and_(2**32 - 1)  # (N,) the top box of its group
+    keep = top == pos  # the tops; the others are out unless Cluster-NMS on the rest keeps them
+    # the rest: neither a top nor suppressed by its top (NaN IoU, 0/0: not suppressed)
+    rest = (_kernel_iou(boxes, top, None, diou) > iou_thr).logical_or_(keep).logical_not_().nonzero().squeeze(1)
     if rest.numel():
         rest_groups = groups.index_select(0, rest)
         rest = rest.index_select(0, _score_key(rest_groups, score.index_select(0, rest)).argsort(stable=True))
@@ -648,18 +652,17 @@ def _detections(
     else:  # A = 0 or C = 0 (a max over an empty dim raises)
         img = anchor = label = torch.zeros(0, dtype=torch.long, device=scores.device)
         score = scores.new_zeros(0)
-    flat_boxes = boxes.view(-1, 4)
+    cand_boxes = boxes.view(-1, 4).index_select(0, anchor)  # (N, 4)
     groups = img if cfg.class_agnostic else img * num_classes + label
 
     # candidates are by image, then position
     if cfg.method == "soft":
-        score = _soft_nms(flat_boxes.index_select(0, anchor), score, groups, img, cfg.sigma, cfg.score_thr, cfg.max_det)
+        score = _soft_nms(cand_boxes, score, groups, img, cfg.sigma, cfg.score_thr, cfg.max_det)
         keep = (score > cfg.score_thr).nonzero().squeeze(1)
     else:
         # torchvision compares the float32 IoU with the threshold as a double
         thr = _float32_below(cfg.iou_thr) if cfg.method == "hard" else cfg.iou_thr
         num_groups = num_images if cfg.class_agnostic else num_images * num_classes
-        cand_boxes = flat_boxes.index_select(0, anchor)
         keep = _greedy_nms(cand_boxes, score, groups, num_groups, thr, cfg.method == "diou").nonzero().squeeze(1)
     top, counts = _top_per_image(img.index_select(0, keep), score.index_select(0, keep), cfg.max_det, num_images)
     keep = keep.index_select(0, top)  # by image, then score
@@ -669,7 +672,7 @@ def _detections(
         again = short.nonzero().squeeze(1).tolist()
     counts = counts.tolist()
     label, score = label.index_select(0, keep), score.index_select(0, keep)
-    out_boxes = flat_boxes.index_select(0, anchor.index_select(0, keep))
+    out_boxes = cand_boxes.index_select(0, keep)
     parts = zip(out_boxes.split(counts), score.split(counts), label.split(counts), strict=True)
     return [Detections(*part) for part in parts], again
 

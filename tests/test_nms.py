@@ -739,7 +739,7 @@ def test_candidates_with_a_threshold_whose_squares_underflow(multi_label):
 
 
 @pytest.mark.parametrize("length", [0, 1, 7, 8, 9, 64, 203, 4096, 4100])
-@pytest.mark.parametrize("density", [0.0, 0.01, 0.3, 1.0])
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.05, 0.3, 1.0])  # 0.05: a third of the words hold one
 def test_nonzero_of_sparse_masks(length, density):
     from detlosses.nms import _nonzero
 
@@ -763,3 +763,36 @@ def test_degenerate_boxes_and_duplicates_with_the_group_top(multi_label):
         assert_same(ours, reference_tied(boxes, scores, *args))
         zero_area = (ours[0].boxes[:, 2] == ours[0].boxes[:, 0]) | (ours[0].boxes[:, 3] == ours[0].boxes[:, 1])
         assert int(zero_area.sum()) > 20
+
+
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_group_top_is_the_first_of_equal_top_scores(multi_label):
+    # every group's top score is held by four boxes in a chain a, b, c, d (each overlaps the
+    # next by IoU 0.43, a and c by 0.11, a and d not at all): greedy NMS keeps a and c, a
+    # top of d would keep a and d, one of b only b and d. Also tops at the largest float32
+    # (the top key's high bits) and groups whose chains are not the top (Cluster-NMS).
+    chain = torch.tensor([[0.0, 0, 10, 10], [4, 0, 14, 10], [8, 0, 18, 10], [12, 0, 22, 10]])
+    C, B = 3, 2
+    boxes = (chain[None] + torch.arange(6.0)[:, None, None] * 40).reshape(1, 24, 4).repeat(B, 1, 1)
+    scores = torch.zeros(B, 24, C)
+    for k in range(6):  # chain k: class k % C, four equal scores
+        scores[:, 4 * k : 4 * k + 4, k % C] = 0.5 + 0.05 * k
+    scores[1, 0:4, 0] = 3.4028234663852886e38  # the largest finite float32
+    boxes, scores = torch.cat([boxes, boxes + 300], 1), torch.cat([scores, scores * 0.5], 1)
+    args = (0.0, 0.2, 100, 1000, multi_label, False)
+    ours = multiclass_nms(boxes, scores, *args)
+    assert_same(ours, reference_tied(boxes, scores, *args))
+    assert all(len(d.scores) == 2 * 2 * 6 for d in ours)  # a and c of every chain
+
+
+def test_score_key_orders_by_prefix_then_score_descending():
+    from detlosses.nms import _score_key
+
+    tiny, huge = float(np.float32(1e-45)), 3.4028234663852886e38
+    values = torch.tensor([tiny, 1.0, huge, 0.5, tiny, huge, 2.0**-126, 1.0])
+    prefix = torch.tensor([0, 0, 0, 1, 1, 1, 3, 3])
+    order = torch.randperm(len(values), generator=torch.Generator().manual_seed(29))
+    key = _score_key(prefix[order], values[order])
+    # prefix ascending, then score descending, then position (stable)
+    expected = sorted(range(len(order)), key=lambda i: (int(prefix[order][i]), -float(values[order][i]), i))
+    assert key.argsort(stable=True).tolist() == expected
