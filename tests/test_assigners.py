@@ -572,6 +572,18 @@ def test_tal_exponents_without_overlap_bound_equal_dense_reference(alpha, beta, 
         assert_same(TaskAlignedAssigner(**kwargs)(ps, pb, points, gl, gb, gm), ref)
 
 
+def test_aligned_iou_is_box_iou_bit_for_bit():
+    # the assigner's IoU from precomputed columns must equal box_iou exactly (the dense reference
+    # uses box_iou), also for degenerate (zero-size), inverted (x2 < x1) and disjoint boxes
+    gen = torch.Generator().manual_seed(0)
+    xy = torch.rand(2, 20000, 2, generator=gen) * 100
+    wh = torch.empty(2, 20000, 2).uniform_(-5.0, 40.0, generator=gen)
+    wh[:, ::7] = 0.0
+    boxes = torch.cat([xy, xy + wh], -1)
+    columns = [task_aligned_module._box_columns(b) for b in boxes]
+    assert torch.equal(task_aligned_module._aligned_iou(*columns), box_iou(*boxes, aligned=True))
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_topk_first_search_finds_every_pair_its_iou_bound_allows(seed):
     # the candidate search of order="topk_first" (reach groups, moved images, the overlap and
@@ -587,7 +599,7 @@ def test_topk_first_search_finds_every_pair_its_iou_bound_allows(seed):
     size = torch.exp(torch.empty(b, g, 2).uniform_(1.4, 4.8, generator=gen))  # 4..120 px
     gt = torch.cat([centre - size / 2, centre + size / 2], -1).view(-1, 4)
     valid = torch.arange(b * g)[torch.rand(b * g, generator=gen) < 0.8]
-    x = task_aligned_module._Batch(
+    x = task_aligned_module._Batch.of(
         b, a, g, torch.rand(b * a, 1), pred, torch.zeros(b * g, dtype=torch.long), gt, points, valid
     )
     cover = torch.empty(valid.numel()).uniform_(0.02, 0.8, generator=gen)

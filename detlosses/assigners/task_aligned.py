@@ -232,14 +232,24 @@ def _reach_groups(points: torch.Tensor, pred_boxes: torch.Tensor) -> list[tuple[
     return groups
 
 
-def _iou_at_least(
-    boxes1: torch.Tensor, boxes2: torch.Tensor, area1: torch.Tensor, area2: torch.Tensor, bound: torch.Tensor
-) -> torch.Tensor:
-    """Indices of the (P,) aligned xyxy box pairs whose intersection >= ``bound`` * union (no division)."""
-    width = torch.minimum(boxes1[:, 2], boxes2[:, 2]) - torch.maximum(boxes1[:, 0], boxes2[:, 0])
-    height = torch.minimum(boxes1[:, 3], boxes2[:, 3]) - torch.maximum(boxes1[:, 1], boxes2[:, 1])
-    inter = width.clamp_(min=0) * height.clamp_(min=0)
-    return (inter >= bound * (area1 + area2 - inter)).nonzero().squeeze(1)
+def _box_columns(boxes: torch.Tensor) -> torch.Tensor:
+    """(5, N) rows x1, y1, x2, y2 and area of (N, 4) ``xyxy`` boxes, the area as :func:`box_iou` takes it.
+
+    One ``index_select`` along dim 1 gathers every term a pair's IoU needs, as contiguous rows.
+    """
+    size = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
+    return torch.cat([boxes.t(), (size[:, 0] * size[:, 1])[None]])
+
+
+def _aligned_iou(pred: torch.Tensor, gt: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """``box_iou(pred_boxes, gt_boxes, aligned=True)`` bit for bit, from (5, P) :func:`_box_columns`.
+
+    The same float32 operations in the same order (intersection, then areas + areas -
+    intersection, then division by union + eps), on contiguous rows and precomputed areas.
+    """
+    wh = torch.minimum(pred[2:4], gt[2:4]).sub_(torch.maximum(pred[:2], gt[:2])).clamp_(min=0)  # (2, P)
+    inter = wh[0] * wh[1]
+    return inter / (pred[4] + gt[4] - inter + eps)
 
 
 def _cat(parts: list[tuple[torch.Tensor, ...]], index: torch.Tensor, value: torch.Tensor, width: int):
@@ -261,6 +271,15 @@ class _Batch(NamedTuple):
     gt: torch.Tensor  # (B * G, 4) GT boxes
     points: torch.Tensor  # (A, 2)
     valid: torch.Tensor  # (V,) long, the valid rows b * G + g, ascending
+    pred_cols: torch.Tensor  # (5, B * A) x1, y1, x2, y2, area of the predicted boxes (:func:`_box_columns`)
+    gt_cols: torch.Tensor  # (5, B * G) the same of the GT boxes
+
+    @classmethod
+    def of(cls, batch, num_anchors, num_gt, scores, pred, labels, gt, points, valid) -> _Batch:
+        """The batch with the box columns of ``pred`` and ``gt``."""
+        return cls(
+            batch, num_anchors, num_gt, scores, pred, labels, gt, points, valid, _box_columns(pred), _box_columns(gt)
+        )
 
     @property
     def small(self) -> bool:
@@ -390,7 +409,7 @@ class TaskAlignedAssigner(nn.Module):
         b, a, c = pred_scores.shape
         g = gt_labels.shape[1]
         gt_boxes = gt_bboxes.detach().float()
-        x = _Batch(
+        x = _Batch.of(
             b,
             a,
             g,
@@ -416,12 +435,19 @@ class TaskAlignedAssigner(nn.Module):
 
     def _overlap(self, x: _Batch, slot: torch.Tensor, gt_flat: torch.Tensor) -> torch.Tensor:
         """(P,) overlap of pairs of anchor slots ``b * A + a`` and GT rows ``b * G + g``."""
+        if self.iou_type == "iou":
+            return _aligned_iou(x.pred_cols.index_select(1, slot), x.gt_cols.index_select(1, gt_flat))
         overlap = box_iou(x.pred.index_select(0, slot), x.gt.index_select(0, gt_flat), mode=self.iou_type, aligned=True)
-        return overlap.clamp(min=0) if self.iou_type == "ciou" else overlap
+        return overlap.clamp(min=0)
 
-    def _score(self, x: _Batch, slot: torch.Tensor, gt_flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(overlap, t) of (P,) pairs of anchor slots ``b * A + a`` and GT rows ``b * G + g``."""
-        overlap = self._overlap(x, slot, gt_flat)
+    def _score(
+        self, x: _Batch, slot: torch.Tensor, gt_flat: torch.Tensor, iou: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(overlap, t) of (P,) pairs of anchor slots ``b * A + a`` and GT rows ``b * G + g``.
+
+        ``iou``: the pairs' (P,) :func:`_aligned_iou` if already known (the overlap of ``"iou"``).
+        """
+        overlap = iou if iou is not None and self.iou_type == "iou" else self._overlap(x, slot, gt_flat)
         num_classes = x.scores.shape[1]
         cls = x.labels.index_select(0, gt_flat)
         score = x.scores.view(-1).index_select(0, slot * num_classes + cls)  # (P,)
@@ -431,10 +457,12 @@ class TaskAlignedAssigner(nn.Module):
         self, x: _Batch, slot: torch.Tensor, rows: torch.Tensor, overlap: torch.Tensor, metric: torch.Tensor
     ):
         """Step 3 on (P,) scored pairs: (slot, gt_flat, overlap, t) of each GT's top-k with t > 0."""
-        positive = metric > 0
-        slot, rows, overlap, metric = slot[positive], rows[positive], overlap[positive], metric[positive]
-        keep = _segment_topk(rows, slot, metric, self.topk, x.batch * x.num_anchors)
-        return slot[keep], rows[keep], overlap[keep], metric[keep]
+        pairs = slot, rows, overlap, metric
+        positive = (metric > 0).nonzero().squeeze(1)
+        if positive.numel() < metric.numel():
+            pairs = tuple(v.index_select(0, positive) for v in pairs)
+        keep = _segment_topk(pairs[1], pairs[0], pairs[3], self.topk, x.batch * x.num_anchors).nonzero().squeeze(1)
+        return tuple(v.index_select(0, keep) for v in pairs)
 
     def _claims(self, x: _Batch, test_boxes: torch.Tensor, track_best: bool) -> tuple[tuple[torch.Tensor, ...], ...]:
         """Steps 1-3: the claims (slot, gt_flat, overlap, t), each (P,).
@@ -488,27 +516,20 @@ class TaskAlignedAssigner(nn.Module):
         position = (weakest[x.valid] < torch.inf).nonzero().squeeze(1)  # (V',) into valid: GTs with claims
         rows = x.valid[position]
         theta = weakest[rows]  # (V',) > 0
-        boxes = x.gt[rows]
         # (with alpha < 0, s**alpha is not bounded by 1: no bound)
         cover = theta.double().pow(1.0 / self.beta).float() * 0.99 if self.alpha >= 0 else torch.zeros_like(theta)
-        area = (boxes[:, 2:] - boxes[:, :2]).prod(1)  # (V',)
-        pred_area = (x.pred[:, 2:] - x.pred[:, :2]).prod(1)  # (B * A,)
         found = [(slot, gt_flat, overlap, metric, torch.ones_like(slot, dtype=torch.bool))]
         for pair, pair_slot in self._near_pairs(x, rows, cover):
-            # the IoU bound first (it drops most), then the inside pairs (the claims hold them)
-            near = _iou_at_least(
-                x.pred.index_select(0, pair_slot),
-                boxes.index_select(0, pair),
-                pred_area.index_select(0, pair_slot),
-                area.index_select(0, pair),
-                cover.index_select(0, pair),
-            )
-            pair, pair_slot = pair[near], pair_slot[near]
-            pair_rows = rows[pair]
+            # the IoU bound first (it drops most; CIoU <= IoU), then the inside pairs (the claims hold them)
+            pair_rows = rows.index_select(0, pair)
+            iou = _aligned_iou(x.pred_cols.index_select(1, pair_slot), x.gt_cols.index_select(1, pair_rows))
+            near = (iou >= cover.index_select(0, pair)).nonzero().squeeze(1)
+            pair, pair_slot, pair_rows, iou = (v.index_select(0, near) for v in (pair, pair_slot, pair_rows, iou))
             anchor = pair_slot % a
-            outside = ~_inside_mask(x.points[anchor], test_boxes[position[pair]], self.inside_margin)
-            pair, pair_slot, pair_rows = pair[outside], pair_slot[outside], pair_rows[outside]
-            pair_overlap, pair_metric = self._score(x, pair_slot, pair_rows)
+            outside = (~_inside_mask(x.points[anchor], test_boxes[position[pair]], self.inside_margin)).nonzero()
+            outside = outside.squeeze(1)
+            pair, pair_slot, pair_rows, iou = (v.index_select(0, outside) for v in (pair, pair_slot, pair_rows, iou))
+            pair_overlap, pair_metric = self._score(x, pair_slot, pair_rows, iou)
             # those reaching theta; beyond a GT's k best here none can be in its top-k
             reach = (pair_metric >= theta[pair]).nonzero().squeeze(1)
             pair_slot, pair_rows = pair_slot[reach], pair_rows[reach]
