@@ -586,14 +586,17 @@ class TaskAlignedAssigner(nn.Module):
             shrink = torch.where(reach.flip(1) > 0, (cover * least)[:, None] / reach.flip(1), torch.inf)
             shrink = torch.where((shrink > reach).any(1, keepdim=True), torch.inf, shrink)
             region = boxes + sign * (margin - shrink).repeat(1, 2)  # (V', 4) empty for no GT
-            # one search for all images: image i's anchors and regions move right by i * offset,
-            # past every other image's (the rounding of the move is far below the 1 px slack)
+            # one search for all images: image i's anchors and regions move down by i * offset,
+            # past every other image's (the rounding of the move is far below the 1 px slack).
+            # The search's y ranges are exact, so its untested candidates (a region's points
+            # plus those of its end bands in x) are all of the GT's image: the exact IoU test
+            # of the caller is their only test
             points = x.points.index_select(0, slots % a)
-            lo = torch.minimum(points[:, 0].min(), region[:, 0].min())
-            offset = torch.maximum(points[:, 0].max(), region[:, 2].max()) - lo + 2.0
-            points[:, 0] += torch.div(slots, a, rounding_mode="floor").float() * offset
-            region[:, 0::2] += (image * offset)[:, None]
-            for start, local, point in _inside_pairs(points, region, 0.0, self.chunk_size, _PAIR_BUDGET):
+            lo = torch.minimum(points[:, 1].min(), region[:, 1].min())
+            offset = torch.maximum(points[:, 1].max(), region[:, 3].max()) - lo + 2.0
+            points[:, 1] += torch.div(slots, a, rounding_mode="floor").float() * offset
+            region[:, 1::2] += (image * offset)[:, None]
+            for start, local, point in _inside_pairs(points, region, None, self.chunk_size, _PAIR_BUDGET):
                 yield start + local, slots[point]
 
     def _resolve(
