@@ -30,6 +30,8 @@ _RESOLVES = ("claimants", "inside", "all")
 _PAIR_BUDGET = 1 << 21
 # bands of the pair search a box spans on average (see _inside_pairs)
 _BANDS_PER_BOX = 4
+# entries of the key-count table of a pair search (int64): bands are widened to keep within it
+_KEY_TABLE = 1 << 21
 # reach groups of the top-k-first search per doubling of the reach
 _REACH_STEPS = 2
 # searches with at most this many (box, point) pairs test every pair instead (small inputs: a
@@ -56,7 +58,7 @@ def _inside_pairs(
     Points are ranked by their distinct x and y values and cut into bands of ``per_band``
     consecutive distinct x values, then sorted by (band, y rank) into one integer key. A box's
     candidates are, in each band its x-range meets, the contiguous key range of the points
-    with y1 < y < y2 (two binary searches), so they are the points strictly inside the box
+    with y1 < y < y2 (from a table of key counts), so they are the points strictly inside the box
     plus those of its first and last band outside it in x. Only these get the exact test
     (:func:`_inside_mask`, every side > ``eps`` >= 0), so the pairs are those of the dense
     test. With ``eps=None`` the candidates are yielded untested (a superset, for searches
@@ -83,9 +85,19 @@ def _inside_pairs(
     r1 = torch.searchsorted(distinct_y, boxes[:, 1].contiguous(), right=True)
     r2 = torch.searchsorted(distinct_y, boxes[:, 3].contiguous())
     span = (q2 - q1).clamp(min=0)
-    per_band = max(1, int(span.float().mean().div(_BANDS_PER_BOX).ceil())) if span.numel() else 1
     stride = distinct_y.numel() + 1
-    key, order = torch.sort(torch.div(x_rank, per_band, rounding_mode="floor") * stride + y_rank)  # (A,)
+    per_band = max(
+        1,
+        int(span.float().mean().div(_BANDS_PER_BOX).ceil()) if span.numel() else 1,
+        -(-distinct_x.numel() * stride // max(_KEY_TABLE, points.shape[0])),  # the table's bound
+    )
+    key = torch.div(x_rank, per_band, rounding_mode="floor") * stride + y_rank  # (A,)
+    # before[v]: the number of keys < v, for every v a range can end at (a binary search in
+    # one gather; the keys are < bands * stride <= max(_KEY_TABLE, A) + stride)
+    num_keys = -(-distinct_x.numel() // per_band) * stride
+    before = torch.zeros(num_keys + 1, dtype=torch.long, device=device)
+    torch.cumsum(torch.bincount(key, minlength=num_keys), 0, out=before[1:])
+    order = torch.argsort(key)
     first_band = torch.div(q1, per_band, rounding_mode="floor")
     num_bands = torch.where(span > 0, torch.div(q2 - 1, per_band, rounding_mode="floor") - first_band + 1, 0)
     # one range per (box, band), box-major
@@ -93,8 +105,8 @@ def _inside_pairs(
     range_box = torch.repeat_interleave(index, num_bands)  # (R,)
     range_first = num_bands.cumsum(0) - num_bands  # (N,) first range of each box
     band = first_band[range_box] + torch.arange(range_box.numel(), device=device) - range_first[range_box]
-    lo = torch.searchsorted(key, band * stride + r1[range_box])
-    count = (torch.searchsorted(key, band * stride + r2[range_box]) - lo).clamp(min=0)  # (R,)
+    lo = before.index_select(0, band * stride + r1[range_box])
+    count = (before.index_select(0, band * stride + r2[range_box]) - lo).clamp(min=0)  # (R,)
     offset = count.cumsum(0) - count  # (R,) offset of each range in the candidate list
     base = lo - offset  # candidate j sits at key position base[r] + j
     box_count = torch.zeros_like(index).index_add_(0, range_box, count)  # (N,)
