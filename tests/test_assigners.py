@@ -538,18 +538,23 @@ def _crowded_case(seed: int):
     return ps, pb, points, gl, gb, gm
 
 
-@pytest.mark.parametrize("dense_pairs", [0, 1 << 18], ids=["search", "small"])
+@pytest.mark.parametrize(
+    ("dense_pairs", "key_table"), [(0, 1 << 21), (0, 1), (1 << 18, 1 << 21)], ids=["search", "wide-bands", "small"]
+)
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("order", ["inside_first", "topk_first"])
 @pytest.mark.parametrize("resolve", ["claimants", "inside", "all"])
-def test_tal_variants_on_a_crowded_batch_equal_dense_reference(seed, order, resolve, dense_pairs):
+def test_tal_variants_on_a_crowded_batch_equal_dense_reference(seed, order, resolve, dense_pairs, key_table):
     # many GTs per anchor, predicted boxes off their anchors, an empty image and GTs without
-    # anchors: the searches (bands, reach groups, rival windows) and the small-input path
-    # (every pair tested) against the dense semantics
+    # anchors: the searches (bands, reach groups, rival windows; "wide-bands": bands widened by
+    # the key table's bound) and the small-input path (every pair tested) against the dense semantics
     case = _crowded_case(seed)
     for kwargs in ({}, {"iou_type": "ciou", "min_gt_size": 16.0, "inside_margin": 0.01, "eps": 1e-7}):
         kwargs = {"order": order, "resolve": resolve, **kwargs}
-        with mock.patch.object(task_aligned_module, "_DENSE_PAIRS", dense_pairs):
+        with (
+            mock.patch.object(task_aligned_module, "_DENSE_PAIRS", dense_pairs),
+            mock.patch.object(task_aligned_module, "_KEY_TABLE", key_table),
+        ):
             res = TaskAlignedAssigner(**kwargs)(*case)
         assert res.fg_mask[0].sum() > 0 and not res.fg_mask[1].any()
         assert_same(res, dense_task_aligned(*case, **kwargs))
