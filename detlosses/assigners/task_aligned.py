@@ -116,7 +116,9 @@ def _inside_pairs(
         new_chunk |= index % chunk_size == 0
     bounds = [*index[new_chunk].tolist(), boxes.shape[0]]
     range_bounds = torch.cat([range_first, range_first.new_tensor([range_box.numel()])])[bounds].tolist()
-    table = points.index_select(0, order) if eps is not None else None  # (A, 2) the points in key order
+    if eps is not None:  # columns, so that the test's gathers and differences run on contiguous rows
+        table = points.index_select(0, order).t().contiguous()  # (2, A) the points in key order
+        columns = boxes.t().contiguous()  # (4, N)
     for (start, stop), (r_start, r_stop) in zip(
         itertools.pairwise(bounds), itertools.pairwise(range_bounds), strict=True
     ):
@@ -125,8 +127,8 @@ def _inside_pairs(
         pos += torch.arange(pos.numel(), device=device) + first[start]
         local = range_box.index_select(0, pair_range) - start  # (P,)
         if eps is not None:
-            box = boxes[start:stop].index_select(0, local)  # (P, 4)
-            inside = _inside_mask(table.index_select(0, pos), box, eps).nonzero().squeeze(1)
+            box = columns[:, start:stop].index_select(1, local)  # (4, P)
+            inside = _inside_mask(table.index_select(1, pos).t(), box.t(), eps).nonzero().squeeze(1)
             pos, local = pos.index_select(0, inside), local.index_select(0, inside)
         yield start, local, order.index_select(0, pos)
 
