@@ -52,7 +52,7 @@ def _alignment_metric(score: torch.Tensor, overlap: torch.Tensor, alpha: float, 
 
 def _inside_pairs(
     points: torch.Tensor, boxes: torch.Tensor, eps: float | None, chunk_size: int | None, budget: int
-) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """All (box, point) pairs with the point strictly inside the box, a chunk of boxes at a time.
 
     Points are ranked by their distinct x and y values and cut into bands of ``per_band``
@@ -70,8 +70,8 @@ def _inside_pairs(
         points: (A, 2); boxes: (N, 4) xyxy.
 
     Yields:
-        (start, local, point): the chunk's first box, and (P,) long pairs with ``local``
-        indexing ``boxes[start:]`` and ``point`` indexing ``points``.
+        (box, point): (P,) long pairs, ``box`` indexing ``boxes`` (ascending) and ``point``
+        indexing ``points``.
     """
     device = boxes.device
     if boxes.shape[0] * points.shape[0] <= _DENSE_PAIRS:
@@ -119,23 +119,21 @@ def _inside_pairs(
     if eps is not None:  # columns, so that the test's gathers and differences run on contiguous rows
         table = points.index_select(0, order).t().contiguous()  # (2, A) the points in key order
         columns = boxes.t().contiguous()  # (4, N)
-    for (start, stop), (r_start, r_stop) in zip(
-        itertools.pairwise(bounds), itertools.pairwise(range_bounds), strict=True
-    ):
+    for start, (r_start, r_stop) in zip(bounds[:-1], itertools.pairwise(range_bounds), strict=True):
         pair_range = torch.repeat_interleave(torch.arange(r_start, r_stop, device=device), count[r_start:r_stop])
         pos = base.index_select(0, pair_range)
         pos += torch.arange(pos.numel(), device=device) + first[start]
-        local = range_box.index_select(0, pair_range) - start  # (P,)
+        box = range_box.index_select(0, pair_range)  # (P,)
         if eps is not None:
-            box = columns[:, start:stop].index_select(1, local)  # (4, P)
-            inside = _inside_mask(table.index_select(1, pos).t(), box.t(), eps).nonzero().squeeze(1)
-            pos, local = pos.index_select(0, inside), local.index_select(0, inside)
-        yield start, local, order.index_select(0, pos)
+            sides = columns.index_select(1, box)  # (4, P)
+            inside = _inside_mask(table.index_select(1, pos).t(), sides.t(), eps).nonzero().squeeze(1)
+            pos, box = pos.index_select(0, inside), box.index_select(0, inside)
+        yield box, order.index_select(0, pos)
 
 
 def _all_pairs(
     points: torch.Tensor, boxes: torch.Tensor, eps: float | None, chunk_size: int | None, budget: int
-) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """:func:`_inside_pairs` for small inputs: every (box, point) pair gets the exact test.
 
     Chunks of at most ``chunk_size`` boxes and ``budget`` pairs (at least one box). With
@@ -145,8 +143,8 @@ def _all_pairs(
     rows = max(1, min(chunk_size or boxes.shape[0], budget // max(points.shape[0], 1)))
     for start in range(0, boxes.shape[0], rows):
         inside = _inside_mask(points, boxes[start : start + rows, None], eps or 0.0)  # (n, A)
-        local, point = inside.nonzero(as_tuple=True)
-        yield start, local, point
+        box, point = inside.nonzero(as_tuple=True)
+        yield box + start, point
 
 
 def _ranges(start: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -486,8 +484,8 @@ class TaskAlignedAssigner(nn.Module):
         """
         claims, best = [], []
         pairs = _inside_pairs(x.points, test_boxes, self.inside_margin, self.chunk_size, _PAIR_BUDGET)
-        for start, local, anchor in pairs:
-            rows = x.valid[start:][local]
+        for box, anchor in pairs:
+            rows = x.valid.index_select(0, box)
             slot = x.slot_of(rows, anchor)
             overlap, metric = self._score(x, slot, rows)
             if track_best:
@@ -532,17 +530,22 @@ class TaskAlignedAssigner(nn.Module):
         theta = weakest[rows]  # (V',) > 0
         # (with alpha < 0, s**alpha is not bounded by 1: no bound)
         cover = theta.double().pow(1.0 / self.beta).float() * 0.99 if self.alpha >= 0 else torch.zeros_like(theta)
+        # per GT with claims, as columns: (6, V') its box columns and cover, (4, V') its inside-test box
+        gt_cols = torch.cat([x.gt_cols.index_select(1, rows), cover[None]])
+        test_cols = test_boxes.index_select(0, position).t().contiguous()
+        point_cols = x.points.t().contiguous()  # (2, A)
         found = [(slot, gt_flat, overlap, metric, torch.ones_like(slot, dtype=torch.bool))]
         for pair, pair_slot in self._near_pairs(x, rows, cover):
             # the IoU bound first (it drops most; CIoU <= IoU), then the inside pairs (the claims hold them)
-            pair_rows = rows.index_select(0, pair)
-            iou = _aligned_iou(x.pred_cols.index_select(1, pair_slot), x.gt_cols.index_select(1, pair_rows))
-            near = (iou >= cover.index_select(0, pair)).nonzero().squeeze(1)
-            pair, pair_slot, pair_rows, iou = (v.index_select(0, near) for v in (pair, pair_slot, pair_rows, iou))
+            gt = gt_cols.index_select(1, pair)  # (6, P)
+            iou = _aligned_iou(x.pred_cols.index_select(1, pair_slot), gt)
+            near = (iou >= gt[5]).nonzero().squeeze(1)
+            pair, pair_slot, iou = (v.index_select(0, near) for v in (pair, pair_slot, iou))
             anchor = pair_slot % a
-            outside = (~_inside_mask(x.points[anchor], test_boxes[position[pair]], self.inside_margin)).nonzero()
-            outside = outside.squeeze(1)
-            pair, pair_slot, pair_rows, iou = (v.index_select(0, outside) for v in (pair, pair_slot, pair_rows, iou))
+            point, box = point_cols.index_select(1, anchor), test_cols.index_select(1, pair)
+            outside = (~_inside_mask(point.t(), box.t(), self.inside_margin)).nonzero().squeeze(1)
+            pair, pair_slot, iou = (v.index_select(0, outside) for v in (pair, pair_slot, iou))
+            pair_rows = rows.index_select(0, pair)
             pair_overlap, pair_metric = self._score(x, pair_slot, pair_rows, iou)
             # those reaching theta; beyond a GT's k best here none can be in its top-k
             reach = (pair_metric >= theta[pair]).nonzero().squeeze(1)
@@ -610,8 +613,8 @@ class TaskAlignedAssigner(nn.Module):
             offset = torch.maximum(points[:, 1].max(), region[:, 3].max()) - lo + 2.0
             points[:, 1] += torch.div(slots, a, rounding_mode="floor").float() * offset
             region[:, 1::2] += (image * offset)[:, None]
-            for start, local, point in _inside_pairs(points, region, None, self.chunk_size, _PAIR_BUDGET):
-                yield start + local, slots[point]
+            for pair, point in _inside_pairs(points, region, None, self.chunk_size, _PAIR_BUDGET):
+                yield pair, slots.index_select(0, point)
 
     def _resolve(
         self,
@@ -693,8 +696,8 @@ class TaskAlignedAssigner(nn.Module):
             m0, m1, v0, v1 = anchor_split[i], anchor_split[i + 1], gt_split[i], gt_split[i + 1]
             if m0 == m1:
                 continue
-            for start, local, point in _inside_pairs(gt_centre[v0:v1], window[m0:m1], None, None, _PAIR_BUDGET):
-                slot, rows = won_slot[m0 + start + local], x.valid[v0 + point]
+            for box, point in _inside_pairs(gt_centre[v0:v1], window[m0:m1], None, None, _PAIR_BUDGET):
+                slot, rows = won_slot[m0 + box], x.valid[v0 + point]
                 overlap = self._overlap(x, slot, rows)
                 # merge this chunk's candidates into (best, winner): higher overlap, then lower row
                 chunk_best = best.scatter_reduce(0, slot, overlap, "amax")
