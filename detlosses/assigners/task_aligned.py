@@ -29,7 +29,7 @@ _RESOLVES = ("claimants", "inside", "all")
 # (GT, anchor) pairs tested per chunk: the ~10 int64/float per-pair temporaries stay < 200 MiB
 _PAIR_BUDGET = 1 << 21
 # bands of the pair search a box spans on average (see _inside_pairs)
-_BANDS_PER_BOX = 4
+_BANDS_PER_BOX = 6
 # entries of the key-count table of a pair search (int64): bands are widened to keep within it
 _KEY_TABLE = 1 << 21
 # reach groups of the top-k-first search per doubling of the reach
