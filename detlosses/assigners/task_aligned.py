@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -17,6 +17,7 @@ from ._common import (
     _check_chunk_size,
     _check_inputs,
     _inside_mask,
+    _inside_sides,
     _resolve_claims,
 )
 from .assign_result import AssignResult
@@ -125,8 +126,7 @@ def _inside_pairs(
         pos += torch.arange(pos.numel(), device=device) + first[start]
         box = range_box.index_select(0, pair_range)  # (P,)
         if eps is not None:
-            sides = columns.index_select(1, box)  # (4, P)
-            inside = _inside_mask(table.index_select(1, pos).t(), sides.t(), eps).nonzero().squeeze(1)
+            inside = _inside_sides(_gather(table, pos), _gather(columns, box), eps).nonzero().squeeze(1)
             pos, box = pos.index_select(0, inside), box.index_select(0, inside)
         yield box, order.index_select(0, pos)
 
@@ -244,23 +244,33 @@ def _reach_groups(points: torch.Tensor, pred_boxes: torch.Tensor) -> list[tuple[
     return groups
 
 
+def _gather(columns: torch.Tensor, index: torch.Tensor) -> list[torch.Tensor]:
+    """The (P,) rows ``columns[i, index]`` of (k, N) ``columns``, one 1-D gather per row.
+
+    (On CPU ``columns.index_select(1, index)`` takes ~2.5x as long as these k gathers.)
+    """
+    return [row.index_select(0, index) for row in columns]
+
+
 def _box_columns(boxes: torch.Tensor) -> torch.Tensor:
     """(5, N) rows x1, y1, x2, y2 and area of (N, 4) ``xyxy`` boxes, the area as :func:`box_iou` takes it.
 
-    One ``index_select`` along dim 1 gathers every term a pair's IoU needs, as contiguous rows.
+    :func:`_gather` takes every term a pair's IoU needs as contiguous rows.
     """
     size = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
     return torch.cat([boxes.t(), (size[:, 0] * size[:, 1])[None]])
 
 
-def _aligned_iou(pred: torch.Tensor, gt: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """``box_iou(pred_boxes, gt_boxes, aligned=True)`` bit for bit, from (5, P) :func:`_box_columns`.
+def _aligned_iou(pred: Sequence[torch.Tensor], gt: Sequence[torch.Tensor], eps: float = 1e-7) -> torch.Tensor:
+    """``box_iou(pred_boxes, gt_boxes, aligned=True)`` bit for bit, from (P,) rows of :func:`_box_columns`.
 
     The same float32 operations in the same order (intersection, then areas + areas -
     intersection, then division by union + eps), on contiguous rows and precomputed areas.
+    ``pred`` and ``gt``: x1, y1, x2, y2, area (further rows are ignored).
     """
-    wh = torch.minimum(pred[2:4], gt[2:4]).sub_(torch.maximum(pred[:2], gt[:2])).clamp_(min=0)  # (2, P)
-    inter = wh[0] * wh[1]
+    width = torch.minimum(pred[2], gt[2]).sub_(torch.maximum(pred[0], gt[0])).clamp_(min=0)
+    height = torch.minimum(pred[3], gt[3]).sub_(torch.maximum(pred[1], gt[1])).clamp_(min=0)
+    inter = width.mul_(height)
     return inter / (pred[4] + gt[4] - inter + eps)
 
 
@@ -448,7 +458,7 @@ class TaskAlignedAssigner(nn.Module):
     def _overlap(self, x: _Batch, slot: torch.Tensor, gt_flat: torch.Tensor) -> torch.Tensor:
         """(P,) overlap of pairs of anchor slots ``b * A + a`` and GT rows ``b * G + g``."""
         if self.iou_type == "iou":
-            return _aligned_iou(x.pred_cols.index_select(1, slot), x.gt_cols.index_select(1, gt_flat))
+            return _aligned_iou(_gather(x.pred_cols, slot), _gather(x.gt_cols, gt_flat))
         overlap = box_iou(x.pred.index_select(0, slot), x.gt.index_select(0, gt_flat), mode=self.iou_type, aligned=True)
         return overlap.clamp(min=0)
 
@@ -537,13 +547,13 @@ class TaskAlignedAssigner(nn.Module):
         found = [(slot, gt_flat, overlap, metric, torch.ones_like(slot, dtype=torch.bool))]
         for pair, pair_slot in self._near_pairs(x, rows, cover):
             # the IoU bound first (it drops most; CIoU <= IoU), then the inside pairs (the claims hold them)
-            gt = gt_cols.index_select(1, pair)  # (6, P)
-            iou = _aligned_iou(x.pred_cols.index_select(1, pair_slot), gt)
+            gt = _gather(gt_cols, pair)  # 6 x (P,)
+            iou = _aligned_iou(_gather(x.pred_cols, pair_slot), gt)
             near = (iou >= gt[5]).nonzero().squeeze(1)
             pair, pair_slot, iou = (v.index_select(0, near) for v in (pair, pair_slot, iou))
             anchor = pair_slot % a
-            point, box = point_cols.index_select(1, anchor), test_cols.index_select(1, pair)
-            outside = (~_inside_mask(point.t(), box.t(), self.inside_margin)).nonzero().squeeze(1)
+            inside = _inside_sides(_gather(point_cols, anchor), _gather(test_cols, pair), self.inside_margin)
+            outside = (~inside).nonzero().squeeze(1)
             pair, pair_slot, iou = (v.index_select(0, outside) for v in (pair, pair_slot, iou))
             pair_rows = rows.index_select(0, pair)
             pair_overlap, pair_metric = self._score(x, pair_slot, pair_rows, iou)
