@@ -341,7 +341,7 @@ class TaskAlignedAssigner(nn.Module):
 
     Memory and time: the dense (G, A) tensors are never formed. Anchors are sorted once into
     bands of x and, within a band, by y; each GT tests only the anchors of the key ranges
-    of the bands its box spans (found by binary search), and one walk over these inside
+    of the bands its box spans (found in a table of key counts), and one walk over these inside
     pairs gives every variant's claims. Each GT's top-k is taken with ``torch.topk`` on
     padded rows of one packed key, without sorting the pairs. ``"topk_first"`` then adds only
     the anchors outside the GT that can outrank its weakest inside claim (their overlap,
