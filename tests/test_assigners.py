@@ -538,18 +538,23 @@ def _crowded_case(seed: int):
     return ps, pb, points, gl, gb, gm
 
 
-@pytest.mark.parametrize("dense_pairs", [0, 1 << 18], ids=["search", "small"])
+@pytest.mark.parametrize(
+    ("dense_pairs", "key_table"), [(0, 1 << 21), (0, 1), (1 << 18, 1 << 21)], ids=["search", "wide-bands", "small"]
+)
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("order", ["inside_first", "topk_first"])
 @pytest.mark.parametrize("resolve", ["claimants", "inside", "all"])
-def test_tal_variants_on_a_crowded_batch_equal_dense_reference(seed, order, resolve, dense_pairs):
+def test_tal_variants_on_a_crowded_batch_equal_dense_reference(seed, order, resolve, dense_pairs, key_table):
     # many GTs per anchor, predicted boxes off their anchors, an empty image and GTs without
-    # anchors: the searches (bands, reach groups, rival windows) and the small-input path
-    # (every pair tested) against the dense semantics
+    # anchors: the searches (bands, reach groups, rival windows; "wide-bands": bands widened by
+    # the key table's bound) and the small-input path (every pair tested) against the dense semantics
     case = _crowded_case(seed)
     for kwargs in ({}, {"iou_type": "ciou", "min_gt_size": 16.0, "inside_margin": 0.01, "eps": 1e-7}):
         kwargs = {"order": order, "resolve": resolve, **kwargs}
-        with mock.patch.object(task_aligned_module, "_DENSE_PAIRS", dense_pairs):
+        with (
+            mock.patch.object(task_aligned_module, "_DENSE_PAIRS", dense_pairs),
+            mock.patch.object(task_aligned_module, "_KEY_TABLE", key_table),
+        ):
             res = TaskAlignedAssigner(**kwargs)(*case)
         assert res.fg_mask[0].sum() > 0 and not res.fg_mask[1].any()
         assert_same(res, dense_task_aligned(*case, **kwargs))
@@ -572,6 +577,18 @@ def test_tal_exponents_without_overlap_bound_equal_dense_reference(alpha, beta, 
         assert_same(TaskAlignedAssigner(**kwargs)(ps, pb, points, gl, gb, gm), ref)
 
 
+def test_aligned_iou_is_box_iou_bit_for_bit():
+    # the assigner's IoU from precomputed columns must equal box_iou exactly (the dense reference
+    # uses box_iou), also for degenerate (zero-size), inverted (x2 < x1) and disjoint boxes
+    gen = torch.Generator().manual_seed(0)
+    xy = torch.rand(2, 20000, 2, generator=gen) * 100
+    wh = torch.empty(2, 20000, 2).uniform_(-5.0, 40.0, generator=gen)
+    wh[:, ::7] = 0.0
+    boxes = torch.cat([xy, xy + wh], -1)
+    columns = [task_aligned_module._box_columns(b) for b in boxes]
+    assert torch.equal(task_aligned_module._aligned_iou(*columns), box_iou(*boxes, aligned=True))
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_topk_first_search_finds_every_pair_its_iou_bound_allows(seed):
     # the candidate search of order="topk_first" (reach groups, moved images, the overlap and
@@ -587,7 +604,7 @@ def test_topk_first_search_finds_every_pair_its_iou_bound_allows(seed):
     size = torch.exp(torch.empty(b, g, 2).uniform_(1.4, 4.8, generator=gen))  # 4..120 px
     gt = torch.cat([centre - size / 2, centre + size / 2], -1).view(-1, 4)
     valid = torch.arange(b * g)[torch.rand(b * g, generator=gen) < 0.8]
-    x = task_aligned_module._Batch(
+    x = task_aligned_module._Batch.of(
         b, a, g, torch.rand(b * a, 1), pred, torch.zeros(b * g, dtype=torch.long), gt, points, valid
     )
     cover = torch.empty(valid.numel()).uniform_(0.02, 0.8, generator=gen)

@@ -8,6 +8,8 @@ image and ``gt_flat = b * G + g`` a GT row of the batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from .._validation import check_boxes, check_floating
@@ -172,13 +174,20 @@ def _inside_mask(points: torch.Tensor, boxes: torch.Tensor, eps: float) -> torch
     """Whether each point lies strictly inside each box: every side distance > ``eps``.
 
     ``points`` (..., 2) and ``boxes`` (..., 4) broadcast against each other -> (...) bool.
+    """
+    return _inside_sides(points.unbind(-1), boxes.unbind(-1), eps)
+
+
+def _inside_sides(point: Sequence[torch.Tensor], box: Sequence[torch.Tensor], eps: float) -> torch.Tensor:
+    """:func:`_inside_mask` from the coordinates: ``point`` (x, y) and ``box`` (x1, y1, x2, y2), broadcastable.
+
     One comparison at a time, so only one float temporary of the output size is alive.
     """
-    x, y = points[..., 0], points[..., 1]
-    inside = (x - boxes[..., 0]) > eps
-    inside &= (y - boxes[..., 1]) > eps
-    inside &= (boxes[..., 2] - x) > eps
-    inside &= (boxes[..., 3] - y) > eps
+    x, y = point
+    inside = (x - box[0]) > eps
+    inside &= (y - box[1]) > eps
+    inside &= (box[2] - x) > eps
+    inside &= (box[3] - y) > eps
     return inside
 
 

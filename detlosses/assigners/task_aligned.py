@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -17,6 +17,7 @@ from ._common import (
     _check_chunk_size,
     _check_inputs,
     _inside_mask,
+    _inside_sides,
     _resolve_claims,
 )
 from .assign_result import AssignResult
@@ -29,7 +30,9 @@ _RESOLVES = ("claimants", "inside", "all")
 # (GT, anchor) pairs tested per chunk: the ~10 int64/float per-pair temporaries stay < 200 MiB
 _PAIR_BUDGET = 1 << 21
 # bands of the pair search a box spans on average (see _inside_pairs)
-_BANDS_PER_BOX = 4
+_BANDS_PER_BOX = 6
+# entries of the key-count table of a pair search (int64): bands are widened to keep within it
+_KEY_TABLE = 1 << 21
 # reach groups of the top-k-first search per doubling of the reach
 _REACH_STEPS = 2
 # searches with at most this many (box, point) pairs test every pair instead (small inputs: a
@@ -50,13 +53,13 @@ def _alignment_metric(score: torch.Tensor, overlap: torch.Tensor, alpha: float, 
 
 def _inside_pairs(
     points: torch.Tensor, boxes: torch.Tensor, eps: float | None, chunk_size: int | None, budget: int
-) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """All (box, point) pairs with the point strictly inside the box, a chunk of boxes at a time.
 
     Points are ranked by their distinct x and y values and cut into bands of ``per_band``
     consecutive distinct x values, then sorted by (band, y rank) into one integer key. A box's
     candidates are, in each band its x-range meets, the contiguous key range of the points
-    with y1 < y < y2 (two binary searches), so they are the points strictly inside the box
+    with y1 < y < y2 (from a table of key counts), so they are the points strictly inside the box
     plus those of its first and last band outside it in x. Only these get the exact test
     (:func:`_inside_mask`, every side > ``eps`` >= 0), so the pairs are those of the dense
     test. With ``eps=None`` the candidates are yielded untested (a superset, for searches
@@ -68,8 +71,8 @@ def _inside_pairs(
         points: (A, 2); boxes: (N, 4) xyxy.
 
     Yields:
-        (start, local, point): the chunk's first box, and (P,) long pairs with ``local``
-        indexing ``boxes[start:]`` and ``point`` indexing ``points``.
+        (box, point): (P,) long pairs, ``box`` indexing ``boxes`` (ascending) and ``point``
+        indexing ``points``.
     """
     device = boxes.device
     if boxes.shape[0] * points.shape[0] <= _DENSE_PAIRS:
@@ -83,9 +86,19 @@ def _inside_pairs(
     r1 = torch.searchsorted(distinct_y, boxes[:, 1].contiguous(), right=True)
     r2 = torch.searchsorted(distinct_y, boxes[:, 3].contiguous())
     span = (q2 - q1).clamp(min=0)
-    per_band = max(1, int(span.float().mean().div(_BANDS_PER_BOX).ceil())) if span.numel() else 1
     stride = distinct_y.numel() + 1
-    key, order = torch.sort(torch.div(x_rank, per_band, rounding_mode="floor") * stride + y_rank)  # (A,)
+    per_band = max(
+        1,
+        int(span.float().mean().div(_BANDS_PER_BOX).ceil()) if span.numel() else 1,
+        -(-distinct_x.numel() * stride // max(_KEY_TABLE, points.shape[0])),  # the table's bound
+    )
+    key = torch.div(x_rank, per_band, rounding_mode="floor") * stride + y_rank  # (A,)
+    # before[v]: the number of keys < v, for every v a range can end at (a binary search in
+    # one gather; the keys are < bands * stride <= max(_KEY_TABLE, A) + stride)
+    num_keys = -(-distinct_x.numel() // per_band) * stride
+    before = torch.zeros(num_keys + 1, dtype=torch.long, device=device)
+    torch.cumsum(torch.bincount(key, minlength=num_keys), 0, out=before[1:])
+    order = torch.argsort(key)
     first_band = torch.div(q1, per_band, rounding_mode="floor")
     num_bands = torch.where(span > 0, torch.div(q2 - 1, per_band, rounding_mode="floor") - first_band + 1, 0)
     # one range per (box, band), box-major
@@ -93,8 +106,8 @@ def _inside_pairs(
     range_box = torch.repeat_interleave(index, num_bands)  # (R,)
     range_first = num_bands.cumsum(0) - num_bands  # (N,) first range of each box
     band = first_band[range_box] + torch.arange(range_box.numel(), device=device) - range_first[range_box]
-    lo = torch.searchsorted(key, band * stride + r1[range_box])
-    count = (torch.searchsorted(key, band * stride + r2[range_box]) - lo).clamp(min=0)  # (R,)
+    lo = before.index_select(0, band * stride + r1[range_box])
+    count = (before.index_select(0, band * stride + r2[range_box]) - lo).clamp(min=0)  # (R,)
     offset = count.cumsum(0) - count  # (R,) offset of each range in the candidate list
     base = lo - offset  # candidate j sits at key position base[r] + j
     box_count = torch.zeros_like(index).index_add_(0, range_box, count)  # (N,)
@@ -104,24 +117,23 @@ def _inside_pairs(
         new_chunk |= index % chunk_size == 0
     bounds = [*index[new_chunk].tolist(), boxes.shape[0]]
     range_bounds = torch.cat([range_first, range_first.new_tensor([range_box.numel()])])[bounds].tolist()
-    table = points.index_select(0, order) if eps is not None else None  # (A, 2) the points in key order
-    for (start, stop), (r_start, r_stop) in zip(
-        itertools.pairwise(bounds), itertools.pairwise(range_bounds), strict=True
-    ):
+    if eps is not None:  # columns, so that the test's gathers and differences run on contiguous rows
+        table = points.index_select(0, order).t().contiguous()  # (2, A) the points in key order
+        columns = boxes.t().contiguous()  # (4, N)
+    for start, (r_start, r_stop) in zip(bounds[:-1], itertools.pairwise(range_bounds), strict=True):
         pair_range = torch.repeat_interleave(torch.arange(r_start, r_stop, device=device), count[r_start:r_stop])
         pos = base.index_select(0, pair_range)
         pos += torch.arange(pos.numel(), device=device) + first[start]
-        local = range_box.index_select(0, pair_range) - start  # (P,)
+        box = range_box.index_select(0, pair_range)  # (P,)
         if eps is not None:
-            box = boxes[start:stop].index_select(0, local)  # (P, 4)
-            inside = _inside_mask(table.index_select(0, pos), box, eps).nonzero().squeeze(1)
-            pos, local = pos.index_select(0, inside), local.index_select(0, inside)
-        yield start, local, order.index_select(0, pos)
+            inside = _inside_sides(_gather(table, pos), _gather(columns, box), eps).nonzero().squeeze(1)
+            pos, box = pos.index_select(0, inside), box.index_select(0, inside)
+        yield box, order.index_select(0, pos)
 
 
 def _all_pairs(
     points: torch.Tensor, boxes: torch.Tensor, eps: float | None, chunk_size: int | None, budget: int
-) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """:func:`_inside_pairs` for small inputs: every (box, point) pair gets the exact test.
 
     Chunks of at most ``chunk_size`` boxes and ``budget`` pairs (at least one box). With
@@ -131,8 +143,8 @@ def _all_pairs(
     rows = max(1, min(chunk_size or boxes.shape[0], budget // max(points.shape[0], 1)))
     for start in range(0, boxes.shape[0], rows):
         inside = _inside_mask(points, boxes[start : start + rows, None], eps or 0.0)  # (n, A)
-        local, point = inside.nonzero(as_tuple=True)
-        yield start, local, point
+        box, point = inside.nonzero(as_tuple=True)
+        yield box + start, point
 
 
 def _ranges(start: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,14 +244,34 @@ def _reach_groups(points: torch.Tensor, pred_boxes: torch.Tensor) -> list[tuple[
     return groups
 
 
-def _iou_at_least(
-    boxes1: torch.Tensor, boxes2: torch.Tensor, area1: torch.Tensor, area2: torch.Tensor, bound: torch.Tensor
-) -> torch.Tensor:
-    """Indices of the (P,) aligned xyxy box pairs whose intersection >= ``bound`` * union (no division)."""
-    width = torch.minimum(boxes1[:, 2], boxes2[:, 2]) - torch.maximum(boxes1[:, 0], boxes2[:, 0])
-    height = torch.minimum(boxes1[:, 3], boxes2[:, 3]) - torch.maximum(boxes1[:, 1], boxes2[:, 1])
-    inter = width.clamp_(min=0) * height.clamp_(min=0)
-    return (inter >= bound * (area1 + area2 - inter)).nonzero().squeeze(1)
+def _gather(columns: torch.Tensor, index: torch.Tensor) -> list[torch.Tensor]:
+    """The (P,) rows ``columns[i, index]`` of (k, N) ``columns``, one 1-D gather per row.
+
+    (On CPU ``columns.index_select(1, index)`` takes ~2.5x as long as these k gathers.)
+    """
+    return [row.index_select(0, index) for row in columns]
+
+
+def _box_columns(boxes: torch.Tensor) -> torch.Tensor:
+    """(5, N) rows x1, y1, x2, y2 and area of (N, 4) ``xyxy`` boxes, the area as :func:`box_iou` takes it.
+
+    :func:`_gather` takes every term a pair's IoU needs as contiguous rows.
+    """
+    size = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
+    return torch.cat([boxes.t(), (size[:, 0] * size[:, 1])[None]])
+
+
+def _aligned_iou(pred: Sequence[torch.Tensor], gt: Sequence[torch.Tensor], eps: float = 1e-7) -> torch.Tensor:
+    """``box_iou(pred_boxes, gt_boxes, aligned=True)`` bit for bit, from (P,) rows of :func:`_box_columns`.
+
+    The same float32 operations in the same order (intersection, then areas + areas -
+    intersection, then division by union + eps), on contiguous rows and precomputed areas.
+    ``pred`` and ``gt``: x1, y1, x2, y2, area (further rows are ignored).
+    """
+    width = torch.minimum(pred[2], gt[2]).sub_(torch.maximum(pred[0], gt[0])).clamp_(min=0)
+    height = torch.minimum(pred[3], gt[3]).sub_(torch.maximum(pred[1], gt[1])).clamp_(min=0)
+    inter = width.mul_(height)
+    return inter / (pred[4] + gt[4] - inter + eps)
 
 
 def _cat(parts: list[tuple[torch.Tensor, ...]], index: torch.Tensor, value: torch.Tensor, width: int):
@@ -261,6 +293,15 @@ class _Batch(NamedTuple):
     gt: torch.Tensor  # (B * G, 4) GT boxes
     points: torch.Tensor  # (A, 2)
     valid: torch.Tensor  # (V,) long, the valid rows b * G + g, ascending
+    pred_cols: torch.Tensor  # (5, B * A) x1, y1, x2, y2, area of the predicted boxes (:func:`_box_columns`)
+    gt_cols: torch.Tensor  # (5, B * G) the same of the GT boxes
+
+    @classmethod
+    def of(cls, batch, num_anchors, num_gt, scores, pred, labels, gt, points, valid) -> _Batch:
+        """The batch with the box columns of ``pred`` and ``gt``."""
+        return cls(
+            batch, num_anchors, num_gt, scores, pred, labels, gt, points, valid, _box_columns(pred), _box_columns(gt)
+        )
 
     @property
     def small(self) -> bool:
@@ -300,7 +341,7 @@ class TaskAlignedAssigner(nn.Module):
 
     Memory and time: the dense (G, A) tensors are never formed. Anchors are sorted once into
     bands of x and, within a band, by y; each GT tests only the anchors of the key ranges
-    of the bands its box spans (found by binary search), and one walk over these inside
+    of the bands its box spans (found in a table of key counts), and one walk over these inside
     pairs gives every variant's claims. Each GT's top-k is taken with ``torch.topk`` on
     padded rows of one packed key, without sorting the pairs. ``"topk_first"`` then adds only
     the anchors outside the GT that can outrank its weakest inside claim (their overlap,
@@ -390,7 +431,7 @@ class TaskAlignedAssigner(nn.Module):
         b, a, c = pred_scores.shape
         g = gt_labels.shape[1]
         gt_boxes = gt_bboxes.detach().float()
-        x = _Batch(
+        x = _Batch.of(
             b,
             a,
             g,
@@ -416,12 +457,19 @@ class TaskAlignedAssigner(nn.Module):
 
     def _overlap(self, x: _Batch, slot: torch.Tensor, gt_flat: torch.Tensor) -> torch.Tensor:
         """(P,) overlap of pairs of anchor slots ``b * A + a`` and GT rows ``b * G + g``."""
+        if self.iou_type == "iou":
+            return _aligned_iou(_gather(x.pred_cols, slot), _gather(x.gt_cols, gt_flat))
         overlap = box_iou(x.pred.index_select(0, slot), x.gt.index_select(0, gt_flat), mode=self.iou_type, aligned=True)
-        return overlap.clamp(min=0) if self.iou_type == "ciou" else overlap
+        return overlap.clamp(min=0)
 
-    def _score(self, x: _Batch, slot: torch.Tensor, gt_flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(overlap, t) of (P,) pairs of anchor slots ``b * A + a`` and GT rows ``b * G + g``."""
-        overlap = self._overlap(x, slot, gt_flat)
+    def _score(
+        self, x: _Batch, slot: torch.Tensor, gt_flat: torch.Tensor, iou: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(overlap, t) of (P,) pairs of anchor slots ``b * A + a`` and GT rows ``b * G + g``.
+
+        ``iou``: the pairs' (P,) :func:`_aligned_iou` if already known (the overlap of ``"iou"``).
+        """
+        overlap = iou if iou is not None and self.iou_type == "iou" else self._overlap(x, slot, gt_flat)
         num_classes = x.scores.shape[1]
         cls = x.labels.index_select(0, gt_flat)
         score = x.scores.view(-1).index_select(0, slot * num_classes + cls)  # (P,)
@@ -431,10 +479,12 @@ class TaskAlignedAssigner(nn.Module):
         self, x: _Batch, slot: torch.Tensor, rows: torch.Tensor, overlap: torch.Tensor, metric: torch.Tensor
     ):
         """Step 3 on (P,) scored pairs: (slot, gt_flat, overlap, t) of each GT's top-k with t > 0."""
-        positive = metric > 0
-        slot, rows, overlap, metric = slot[positive], rows[positive], overlap[positive], metric[positive]
-        keep = _segment_topk(rows, slot, metric, self.topk, x.batch * x.num_anchors)
-        return slot[keep], rows[keep], overlap[keep], metric[keep]
+        pairs = slot, rows, overlap, metric
+        positive = (metric > 0).nonzero().squeeze(1)
+        if positive.numel() < metric.numel():
+            pairs = tuple(v.index_select(0, positive) for v in pairs)
+        keep = _segment_topk(pairs[1], pairs[0], pairs[3], self.topk, x.batch * x.num_anchors).nonzero().squeeze(1)
+        return tuple(v.index_select(0, keep) for v in pairs)
 
     def _claims(self, x: _Batch, test_boxes: torch.Tensor, track_best: bool) -> tuple[tuple[torch.Tensor, ...], ...]:
         """Steps 1-3: the claims (slot, gt_flat, overlap, t), each (P,).
@@ -444,8 +494,8 @@ class TaskAlignedAssigner(nn.Module):
         """
         claims, best = [], []
         pairs = _inside_pairs(x.points, test_boxes, self.inside_margin, self.chunk_size, _PAIR_BUDGET)
-        for start, local, anchor in pairs:
-            rows = x.valid[start:][local]
+        for box, anchor in pairs:
+            rows = x.valid.index_select(0, box)
             slot = x.slot_of(rows, anchor)
             overlap, metric = self._score(x, slot, rows)
             if track_best:
@@ -488,27 +538,25 @@ class TaskAlignedAssigner(nn.Module):
         position = (weakest[x.valid] < torch.inf).nonzero().squeeze(1)  # (V',) into valid: GTs with claims
         rows = x.valid[position]
         theta = weakest[rows]  # (V',) > 0
-        boxes = x.gt[rows]
         # (with alpha < 0, s**alpha is not bounded by 1: no bound)
         cover = theta.double().pow(1.0 / self.beta).float() * 0.99 if self.alpha >= 0 else torch.zeros_like(theta)
-        area = (boxes[:, 2:] - boxes[:, :2]).prod(1)  # (V',)
-        pred_area = (x.pred[:, 2:] - x.pred[:, :2]).prod(1)  # (B * A,)
+        # per GT with claims, as columns: (6, V') its box columns and cover, (4, V') its inside-test box
+        gt_cols = torch.cat([x.gt_cols.index_select(1, rows), cover[None]])
+        test_cols = test_boxes.index_select(0, position).t().contiguous()
+        point_cols = x.points.t().contiguous()  # (2, A)
         found = [(slot, gt_flat, overlap, metric, torch.ones_like(slot, dtype=torch.bool))]
         for pair, pair_slot in self._near_pairs(x, rows, cover):
-            # the IoU bound first (it drops most), then the inside pairs (the claims hold them)
-            near = _iou_at_least(
-                x.pred.index_select(0, pair_slot),
-                boxes.index_select(0, pair),
-                pred_area.index_select(0, pair_slot),
-                area.index_select(0, pair),
-                cover.index_select(0, pair),
-            )
-            pair, pair_slot = pair[near], pair_slot[near]
-            pair_rows = rows[pair]
+            # the IoU bound first (it drops most; CIoU <= IoU), then the inside pairs (the claims hold them)
+            gt = _gather(gt_cols, pair)  # 6 x (P,)
+            iou = _aligned_iou(_gather(x.pred_cols, pair_slot), gt)
+            near = (iou >= gt[5]).nonzero().squeeze(1)
+            pair, pair_slot, iou = (v.index_select(0, near) for v in (pair, pair_slot, iou))
             anchor = pair_slot % a
-            outside = ~_inside_mask(x.points[anchor], test_boxes[position[pair]], self.inside_margin)
-            pair, pair_slot, pair_rows = pair[outside], pair_slot[outside], pair_rows[outside]
-            pair_overlap, pair_metric = self._score(x, pair_slot, pair_rows)
+            inside = _inside_sides(_gather(point_cols, anchor), _gather(test_cols, pair), self.inside_margin)
+            outside = (~inside).nonzero().squeeze(1)
+            pair, pair_slot, iou = (v.index_select(0, outside) for v in (pair, pair_slot, iou))
+            pair_rows = rows.index_select(0, pair)
+            pair_overlap, pair_metric = self._score(x, pair_slot, pair_rows, iou)
             # those reaching theta; beyond a GT's k best here none can be in its top-k
             reach = (pair_metric >= theta[pair]).nonzero().squeeze(1)
             pair_slot, pair_rows = pair_slot[reach], pair_rows[reach]
@@ -565,15 +613,18 @@ class TaskAlignedAssigner(nn.Module):
             shrink = torch.where(reach.flip(1) > 0, (cover * least)[:, None] / reach.flip(1), torch.inf)
             shrink = torch.where((shrink > reach).any(1, keepdim=True), torch.inf, shrink)
             region = boxes + sign * (margin - shrink).repeat(1, 2)  # (V', 4) empty for no GT
-            # one search for all images: image i's anchors and regions move right by i * offset,
-            # past every other image's (the rounding of the move is far below the 1 px slack)
+            # one search for all images: image i's anchors and regions move down by i * offset,
+            # past every other image's (the rounding of the move is far below the 1 px slack).
+            # The search's y ranges are exact, so its untested candidates (a region's points
+            # plus those of its end bands in x) are all of the GT's image: the exact IoU test
+            # of the caller is their only test
             points = x.points.index_select(0, slots % a)
-            lo = torch.minimum(points[:, 0].min(), region[:, 0].min())
-            offset = torch.maximum(points[:, 0].max(), region[:, 2].max()) - lo + 2.0
-            points[:, 0] += torch.div(slots, a, rounding_mode="floor").float() * offset
-            region[:, 0::2] += (image * offset)[:, None]
-            for start, local, point in _inside_pairs(points, region, 0.0, self.chunk_size, _PAIR_BUDGET):
-                yield start + local, slots[point]
+            lo = torch.minimum(points[:, 1].min(), region[:, 1].min())
+            offset = torch.maximum(points[:, 1].max(), region[:, 3].max()) - lo + 2.0
+            points[:, 1] += torch.div(slots, a, rounding_mode="floor").float() * offset
+            region[:, 1::2] += (image * offset)[:, None]
+            for pair, point in _inside_pairs(points, region, None, self.chunk_size, _PAIR_BUDGET):
+                yield pair, slots.index_select(0, point)
 
     def _resolve(
         self,
@@ -655,8 +706,8 @@ class TaskAlignedAssigner(nn.Module):
             m0, m1, v0, v1 = anchor_split[i], anchor_split[i + 1], gt_split[i], gt_split[i + 1]
             if m0 == m1:
                 continue
-            for start, local, point in _inside_pairs(gt_centre[v0:v1], window[m0:m1], None, None, _PAIR_BUDGET):
-                slot, rows = won_slot[m0 + start + local], x.valid[v0 + point]
+            for box, point in _inside_pairs(gt_centre[v0:v1], window[m0:m1], None, None, _PAIR_BUDGET):
+                slot, rows = won_slot[m0 + box], x.valid[v0 + point]
                 overlap = self._overlap(x, slot, rows)
                 # merge this chunk's candidates into (best, winner): higher overlap, then lower row
                 chunk_best = best.scatter_reduce(0, slot, overlap, "amax")
