@@ -24,6 +24,12 @@ train``): B=16 images of SIZE px (A=525 at 160 px, 2100 at 320 px), ``--detector
 per image drawn like ``bench.py train``'s, the same predictions. ``--baseline REV`` adds the
 assigner of git revision REV (its ``task_aligned.py`` at that commit, run on today's package)
 as a third implementation, with ``time_vs_baseline`` on our rows.
+
+``--vs-default REV`` times instead, in this one process and interleaved call by call (so
+machine load hits every column alike), REV's default (``claimants``) assigner and each of
+our ``--variants`` on the same inputs; rows hold the medians and ``x_rev_default``, our time
+over REV's default's. Separate processes swing by +-30 % from run to run on a loaded
+machine, interleaved calls by a few per cent.
 """
 
 from __future__ import annotations
@@ -173,6 +179,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector-boxes", type=int, default=8, help="GTs per image of the --detector rows")
     parser.add_argument("--baseline", default=None, metavar="REV", help="also time the assigner of git revision REV")
     parser.add_argument(
+        "--vs-default",
+        default=None,
+        metavar="REV",
+        help="interleave each variant with REV's default assigner in one process (time only)",
+    )
+    parser.add_argument(
         "--dense-max-gt",
         type=int,
         default=1000,
@@ -181,6 +193,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    if args.vs_default:
+        return _interleaved(args)
     rows = []
     for variant in args.variants:
         for num_gt in args.num_gt:
@@ -228,6 +242,35 @@ def _compare(args: argparse.Namespace, variant: str, batch: int, num_gt: int, de
     if args.baseline:
         rows["ours"]["time_vs_baseline"] = ours["time_s"] / results[impls[-1]]["time_s"]
     return list(rows.values())
+
+
+def _interleaved(args: argparse.Namespace) -> list[dict]:
+    """Medians of ``--repeat`` rounds, each calling REV's default and then every variant of ours."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fns = {"rev default": load_baseline(args.vs_default)(**VARIANTS["claimants"])}
+    fns.update({variant: TaskAlignedAssigner(**VARIANTS[variant]) for variant in args.variants})
+    cases = [(args.batch, g, make_inputs(args.batch, g, args.num_classes)) for g in args.num_gt]
+    cases += [
+        (16, args.detector_boxes, make_detector_inputs(s, args.detector_boxes, args.num_classes)) for s in args.detector
+    ]
+    rows = []
+    for batch, num_gt, inputs in cases:
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        with torch.no_grad():
+            for fn in fns.values():  # a first call outside the timer
+                fn(*inputs)
+            for _ in range(args.repeat):
+                for name, fn in fns.items():
+                    start = time.perf_counter()
+                    fn(*inputs)
+                    times[name].append(time.perf_counter() - start)
+        medians = {name: statistics.median(t) for name, t in times.items()}
+        for name, median in medians.items():
+            impl = f"{args.vs_default}:claimants" if name == "rev default" else f"ours:{name}"
+            row = {"impl": impl, "B": batch, "A": inputs[2].shape[0], "G": num_gt, "C": args.num_classes}
+            rows.append({**row, "time_s": median, "x_rev_default": median / medians["rev default"]})
+    return rows
 
 
 if __name__ == "__main__":
