@@ -19,6 +19,8 @@ image; same max_nms as our pre_nms_topk), in one process, interleaved call by ca
 ``--repeats`` times; the table holds the medians. "same dets" compares the kept
 (box, score, label) sets with the loop's (single-label: also ultralytics', boxes within
 1e-3 px as it converts cxcywh to xyxy itself); equal scores may come out in another order.
+The "floor" row (sparse only, :func:`candidates_floor`) times only what an exact NMS must do before any
+suppression: what is left for the suppression itself under a target is the target minus it.
 
 ultralytics is never a project dependency: it is imported if installed (run this suite with
 the peers' venv) or from --ultralytics-path; otherwise a re-statement of its single-label
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import os
 import sys
 import tempfile
@@ -95,6 +98,25 @@ def make_dense_batch(batch: int, anchors: int, classes: int, seed: int, size: fl
     wh = torch.rand(batch, anchors, 2, generator=g) * 100 + 8
     boxes = torch.cat([centres - wh / 2, centres + wh / 2], -1)
     return boxes, torch.rand(batch, anchors, classes, generator=g) ** 6
+
+
+def candidates_floor(boxes: torch.Tensor, scores: torch.Tensor, score_thr: float) -> tuple[torch.Tensor, ...]:
+    """A lower bound for any exact multi-label NMS in eager PyTorch when every candidate is
+    within ``pre_nms_topk`` (the sparse regime): the steps it must take before suppressing
+    anything, each as cheap as we know how. One read of every score
+    (L2 norm per anchor: non-finite iff a score is NaN or +-inf, never below the row's max),
+    the finite check, the candidate anchors, their score rows read back, and the candidates'
+    (box, score, class). No suppression, no top-k, no output lists."""
+    num_classes = scores.shape[-1]
+    norms = torch.linalg.vector_norm(scores, dim=-1)  # (B, A)
+    if not math.isfinite(float(norms.sum() + boxes.sum())):
+        raise ValueError("scores or boxes hold NaN or inf")
+    anchor = (norms.view(-1) > score_thr).nonzero().squeeze(1)
+    rows = scores.view(-1, num_classes).index_select(0, anchor)  # (anchors, C)
+    flat = (rows > score_thr).view(-1).nonzero().squeeze(1)
+    row = flat.div(num_classes, rounding_mode="floor")
+    cand_boxes = boxes.view(-1, 4).index_select(0, anchor.index_select(0, row))
+    return cand_boxes, rows.view(-1).index_select(0, flat), flat - row * num_classes
 
 
 def per_image_loop(boxes, scores, score_thr, iou_thr, max_det, pre_nms_topk, multi_label):
@@ -212,6 +234,9 @@ def run_regime(regime: str, args: argparse.Namespace, ultra_nms: Callable | None
     }
     if ultra_nms is not None:
         cases[f"{ultra_name}, multi-label"] = (lambda: ultra(True), "multi")
+    floor = "floor: the candidates alone, no NMS (multi-label)"
+    if regime == "sparse":  # every candidate is within pre_nms_topk there, so each must be read
+        cases[floor] = (lambda: candidates_floor(boxes, scores, score_thr), "multi")
     names = list(cases)
     results = {name: cases[name][0]() for name in names}
     times = dict(zip(names, interleaved_median_ms([cases[n][0] for n in names], args.repeats), strict=True))
@@ -229,7 +254,7 @@ def run_regime(regime: str, args: argparse.Namespace, ultra_nms: Callable | None
     rows = []
     for name in names:
         kind = cases[name][1]
-        dets = results[name]
+        dets = [] if name == floor else results[name]
         n = sum(len(d[1]) if isinstance(d, tuple) else len(d) for d in dets)
         rows.append(
             {
@@ -238,7 +263,7 @@ def run_regime(regime: str, args: argparse.Namespace, ultra_nms: Callable | None
                 "ms/batch": round(times[name], 2),
                 "x loop": round(times[name] / loop_ms[kind], 3),
                 "x ultralytics": round(times[name] / ultra_ms[kind], 3) if ultra_ms[kind] else None,
-                "dets/img": n / args.batch,
+                "dets/img": None if name == floor else n / args.batch,
                 "same dets as loop": {True: "yes", False: "NO"}.get(agrees.get(name)),
             }
         )
