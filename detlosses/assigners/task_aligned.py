@@ -479,12 +479,11 @@ class TaskAlignedAssigner(nn.Module):
         self, x: _Batch, slot: torch.Tensor, rows: torch.Tensor, overlap: torch.Tensor, metric: torch.Tensor
     ):
         """Step 3 on (P,) scored pairs: (slot, gt_flat, overlap, t) of each GT's top-k with t > 0."""
-        pairs = slot, rows, overlap, metric
         positive = (metric > 0).nonzero().squeeze(1)
         if positive.numel() < metric.numel():
-            pairs = tuple(v.index_select(0, positive) for v in pairs)
-        keep = _segment_topk(pairs[1], pairs[0], pairs[3], self.topk, x.batch * x.num_anchors).nonzero().squeeze(1)
-        return tuple(v.index_select(0, keep) for v in pairs)
+            slot, rows, overlap, metric = (v.index_select(0, positive) for v in (slot, rows, overlap, metric))
+        keep = _segment_topk(rows, slot, metric, self.topk, x.batch * x.num_anchors).nonzero().squeeze(1)
+        return tuple(v.index_select(0, keep) for v in (slot, rows, overlap, metric))
 
     def _claims(self, x: _Batch, test_boxes: torch.Tensor, track_best: bool) -> tuple[tuple[torch.Tensor, ...], ...]:
         """Steps 1-3: the claims (slot, gt_flat, overlap, t), each (P,).
