@@ -71,8 +71,8 @@ def _inside_pairs(
         points: (A, 2); boxes: (N, 4) xyxy.
 
     Yields:
-        (box, point): (P,) long pairs, ``box`` indexing ``boxes`` (ascending) and ``point``
-        indexing ``points``.
+        (box, point): (P,) integer pairs (int32 from the sorted search, see :func:`_index_dtype`),
+        ``box`` indexing ``boxes`` (ascending) and ``point`` indexing ``points``.
     """
     device = boxes.device
     if boxes.shape[0] * points.shape[0] <= _DENSE_PAIRS:
@@ -98,7 +98,10 @@ def _inside_pairs(
     num_keys = -(-distinct_x.numel() // per_band) * stride
     before = torch.zeros(num_keys + 1, dtype=torch.long, device=device)
     torch.cumsum(torch.bincount(key, minlength=num_keys), 0, out=before[1:])
-    order = torch.argsort(key)
+    # a chunk's candidates number < budget + A (a box's ranges hold each point once) and their
+    # key positions are < A: the per-candidate indices of the loop fit this dtype
+    index_dtype = _index_dtype(max(points.shape[0] + budget, boxes.shape[0]))
+    order = torch.argsort(key).to(index_dtype)
     first_band = torch.div(q1, per_band, rounding_mode="floor")
     num_bands = torch.where(span > 0, torch.div(q2 - 1, per_band, rounding_mode="floor") - first_band + 1, 0)
     # one range per (box, band), box-major
@@ -121,14 +124,19 @@ def _inside_pairs(
         table = points.index_select(0, order).t().contiguous()  # (2, A) the points in key order
         columns = boxes.t().contiguous()  # (4, N)
     for start, (r_start, r_stop) in zip(bounds[:-1], itertools.pairwise(range_bounds), strict=True):
-        pair_range = torch.repeat_interleave(torch.arange(r_start, r_stop, device=device), count[r_start:r_stop])
-        pos = base.index_select(0, pair_range)
-        pos += torch.arange(pos.numel(), device=device) + first[start]
-        box = range_box.index_select(0, pair_range)  # (P,)
+        pair_range = torch.repeat_interleave(count[r_start:r_stop].to(index_dtype))  # (P,) range - r_start
+        pos = (base[r_start:r_stop] + first[start]).to(index_dtype).index_select(0, pair_range)
+        pos += torch.arange(pos.numel(), dtype=index_dtype, device=device)
+        box = range_box[r_start:r_stop].to(index_dtype).index_select(0, pair_range)  # (P,)
         if eps is not None:
             inside = _inside_sides(_gather(table, pos), _gather(columns, box), eps).nonzero().squeeze(1)
             pos, box = pos.index_select(0, inside), box.index_select(0, inside)
         yield box, order.index_select(0, pos)
+
+
+def _index_dtype(bound: int) -> torch.dtype:
+    """int32 for indices below ``bound`` if they fit (half the memory traffic of int64), else int64."""
+    return torch.int32 if bound <= torch.iinfo(torch.int32).max else torch.long
 
 
 def _all_pairs(
