@@ -319,10 +319,6 @@ class _Batch(NamedTuple):
         """Whether every (valid GT, anchor) pair fits in :data:`_DENSE_PAIRS` (searches test them all)."""
         return self.valid.numel() * self.num_anchors <= _DENSE_PAIRS
 
-    def slot_of(self, rows: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-        """Anchor slots ``b * A + a`` of GT rows ``b * G + g`` and anchors ``a``."""
-        return torch.div(rows, self.num_gt, rounding_mode="floor") * self.num_anchors + anchor
-
 
 @ASSIGNERS.register()
 class TaskAlignedAssigner(nn.Module):
@@ -503,10 +499,12 @@ class TaskAlignedAssigner(nn.Module):
         highest overlap (ties: lowest row) as (slot, gt_flat, overlap), from the same walk.
         """
         claims, best = [], []
+        # (V,) the first anchor slot b * A of each valid GT's image
+        image_slot = torch.div(x.valid, x.num_gt, rounding_mode="floor") * x.num_anchors
         pairs = _inside_pairs(x.points, test_boxes, self.inside_margin, self.chunk_size, _PAIR_BUDGET)
         for box, anchor in pairs:
             rows = x.valid.index_select(0, box)
-            slot = x.slot_of(rows, anchor)
+            slot = image_slot.index_select(0, box) + anchor  # (P,) b * A + a
             overlap, metric = self._score(x, slot, rows)
             if track_best:
                 win = _resolve_claims(slot, rows, overlap, x.batch * x.num_anchors)
