@@ -589,6 +589,30 @@ def test_aligned_iou_is_box_iou_bit_for_bit():
     assert torch.equal(task_aligned_module._aligned_iou(*columns), box_iou(*boxes, aligned=True))
 
 
+def test_pair_search_int32_indices_equal_int64_and_the_dense_test():
+    # the sorted pair search runs its per-candidate indices in int32 where they fit
+    # (_index_dtype; A + budget is their bound); forced to int64 it yields the same pairs, and
+    # with a test (eps) those are the dense test's. A small budget makes many chunks
+    assert task_aligned_module._index_dtype(2**31 - 1) == torch.int32
+    assert task_aligned_module._index_dtype(2**31) == torch.int64
+    _, _, points, _, gt, gt_mask = _crowded_case(0)
+    boxes = gt[gt_mask]
+    for eps in (1e-9, None):
+        found = {}
+        for dtype in (torch.int32, torch.int64):
+            with (
+                mock.patch.object(task_aligned_module, "_DENSE_PAIRS", 0),
+                mock.patch.object(task_aligned_module, "_index_dtype", lambda bound, dtype=dtype: dtype),
+            ):
+                pairs = list(task_aligned_module._inside_pairs(points, boxes, eps, None, 64))
+            assert len(pairs) > 5 and all(p.dtype == dtype for pair in pairs for p in pair)
+            found[dtype] = torch.cat([box.long() * points.shape[0] + point for box, point in pairs])
+        assert torch.equal(found[torch.int32], found[torch.int64])
+        if eps is not None:
+            box, point = task_aligned_module._inside_mask(points, boxes[:, None], eps).nonzero(as_tuple=True)
+            assert torch.equal(found[torch.int32].sort().values, box * points.shape[0] + point)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_topk_first_search_finds_every_pair_its_iou_bound_allows(seed):
     # the candidate search of order="topk_first" (reach groups, moved images, the overlap and

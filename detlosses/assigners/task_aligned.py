@@ -27,8 +27,11 @@ __all__ = ["TaskAlignedAssigner"]
 _IOU_TYPES = ("iou", "ciou")
 _ORDERS = ("inside_first", "topk_first")
 _RESOLVES = ("claimants", "inside", "all")
-# (GT, anchor) pairs tested per chunk: the ~10 int64/float per-pair temporaries stay < 200 MiB
-_PAIR_BUDGET = 1 << 21
+# (GT, anchor) pairs tested per chunk: the ~10 int64/float per-pair temporaries stay at a few MiB
+# each. Larger chunks are slower on CPU (tood at 4 x 5000 GTs: 2^21 pairs 1.3x the time of
+# 2^19, 2^20 1.03x, 2^18 1.1x): allocations that large come fresh from the OS (page faults) each
+# time and overflow the cache
+_PAIR_BUDGET = 1 << 19
 # bands of the pair search a box spans on average (see _inside_pairs)
 _BANDS_PER_BOX = 6
 # entries of the key-count table of a pair search (int64): bands are widened to keep within it
@@ -71,8 +74,8 @@ def _inside_pairs(
         points: (A, 2); boxes: (N, 4) xyxy.
 
     Yields:
-        (box, point): (P,) long pairs, ``box`` indexing ``boxes`` (ascending) and ``point``
-        indexing ``points``.
+        (box, point): (P,) integer pairs (int32 from the sorted search, see :func:`_index_dtype`),
+        ``box`` indexing ``boxes`` (ascending) and ``point`` indexing ``points``.
     """
     device = boxes.device
     if boxes.shape[0] * points.shape[0] <= _DENSE_PAIRS:
@@ -98,7 +101,10 @@ def _inside_pairs(
     num_keys = -(-distinct_x.numel() // per_band) * stride
     before = torch.zeros(num_keys + 1, dtype=torch.long, device=device)
     torch.cumsum(torch.bincount(key, minlength=num_keys), 0, out=before[1:])
-    order = torch.argsort(key)
+    # a chunk's candidates number < budget + A (a box's ranges hold each point once) and their
+    # key positions are < A: the per-candidate indices of the loop fit this dtype
+    index_dtype = _index_dtype(max(points.shape[0] + budget, boxes.shape[0]))
+    order = torch.argsort(key).to(index_dtype)
     first_band = torch.div(q1, per_band, rounding_mode="floor")
     num_bands = torch.where(span > 0, torch.div(q2 - 1, per_band, rounding_mode="floor") - first_band + 1, 0)
     # one range per (box, band), box-major
@@ -121,14 +127,19 @@ def _inside_pairs(
         table = points.index_select(0, order).t().contiguous()  # (2, A) the points in key order
         columns = boxes.t().contiguous()  # (4, N)
     for start, (r_start, r_stop) in zip(bounds[:-1], itertools.pairwise(range_bounds), strict=True):
-        pair_range = torch.repeat_interleave(torch.arange(r_start, r_stop, device=device), count[r_start:r_stop])
-        pos = base.index_select(0, pair_range)
-        pos += torch.arange(pos.numel(), device=device) + first[start]
-        box = range_box.index_select(0, pair_range)  # (P,)
+        pair_range = torch.repeat_interleave(count[r_start:r_stop].to(index_dtype))  # (P,) range - r_start
+        pos = (base[r_start:r_stop] + first[start]).to(index_dtype).index_select(0, pair_range)
+        pos += torch.arange(pos.numel(), dtype=index_dtype, device=device)
+        box = range_box[r_start:r_stop].to(index_dtype).index_select(0, pair_range)  # (P,)
         if eps is not None:
             inside = _inside_sides(_gather(table, pos), _gather(columns, box), eps).nonzero().squeeze(1)
             pos, box = pos.index_select(0, inside), box.index_select(0, inside)
         yield box, order.index_select(0, pos)
+
+
+def _index_dtype(bound: int) -> torch.dtype:
+    """int32 for indices below ``bound`` if they fit (half the memory traffic of int64), else int64."""
+    return torch.int32 if bound <= torch.iinfo(torch.int32).max else torch.long
 
 
 def _all_pairs(
@@ -308,10 +319,6 @@ class _Batch(NamedTuple):
         """Whether every (valid GT, anchor) pair fits in :data:`_DENSE_PAIRS` (searches test them all)."""
         return self.valid.numel() * self.num_anchors <= _DENSE_PAIRS
 
-    def slot_of(self, rows: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-        """Anchor slots ``b * A + a`` of GT rows ``b * G + g`` and anchors ``a``."""
-        return torch.div(rows, self.num_gt, rounding_mode="floor") * self.num_anchors + anchor
-
 
 @ASSIGNERS.register()
 class TaskAlignedAssigner(nn.Module):
@@ -351,7 +358,7 @@ class TaskAlignedAssigner(nn.Module):
     allows (see :meth:`_best_of_image`). Small inputs (at most :data:`_DENSE_PAIRS` valid GT x
     anchor pairs, e.g. a training batch of a few GTs per image) skip the searches: every pair
     gets the exact test, which costs fewer (larger) operations there.
-    GT rows are processed in chunks of at most ~2M tested pairs (and at most ``chunk_size``
+    GT rows are processed in chunks of at most ~0.5M tested pairs (and at most ``chunk_size``
     rows if given); only the top-k claims of each GT and each anchor's best inside GT
     outlive its chunk. The result does not depend on the chunking.
 
@@ -492,10 +499,12 @@ class TaskAlignedAssigner(nn.Module):
         highest overlap (ties: lowest row) as (slot, gt_flat, overlap), from the same walk.
         """
         claims, best = [], []
+        # (V,) the first anchor slot b * A of each valid GT's image
+        image_slot = torch.div(x.valid, x.num_gt, rounding_mode="floor") * x.num_anchors
         pairs = _inside_pairs(x.points, test_boxes, self.inside_margin, self.chunk_size, _PAIR_BUDGET)
         for box, anchor in pairs:
             rows = x.valid.index_select(0, box)
-            slot = x.slot_of(rows, anchor)
+            slot = image_slot.index_select(0, box) + anchor  # (P,) b * A + a
             overlap, metric = self._score(x, slot, rows)
             if track_best:
                 win = _resolve_claims(slot, rows, overlap, x.batch * x.num_anchors)
