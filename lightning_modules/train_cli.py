@@ -77,11 +77,12 @@ class DetectorCLI(LightningCLI):
         try:
             super().instantiate_classes()
             stride = max(self.model.model.strides)
-            if self.datamodule.image_size % stride:
-                raise ValueError(
-                    f"data.image_size must be a multiple of the model's largest stride {stride}, "
-                    f"got {self.datamodule.image_size}"
-                )
+            for name in ("image_size", "train_size"):
+                size = getattr(self.datamodule, name)
+                if size % stride:
+                    raise ValueError(
+                        f"data.{name} must be a multiple of the model's largest stride {stride}, got {size}"
+                    )
             subcommand = self.config.get("subcommand")
             self.datamodule.setup("fit" if subcommand in (None, "fit") else "validate")
         except _SETUP_ERRORS as e:

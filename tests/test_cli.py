@@ -47,6 +47,8 @@ def _args(shapes, out: Path, *extra: str) -> list[str]:
         shapes["val_images"],
         "--data.image_size",
         "64",
+        "--data.train_size",
+        "64",
         "--data.batch_size",
         "4",
         "--data.num_workers",
@@ -262,6 +264,8 @@ def test_bad_annotations_exit_2(shapes, tmp_path, capsys, break_data, message):
     [
         (["--model.head", "bogus"], "head must be one of ('tood', 'decoupled'), got 'bogus'"),
         (["--data.image_size", "50"], "data.image_size must be a multiple of the model's largest stride 32, got 50"),
+        (["--data.train_size", "48"], "data.train_size must be a multiple of the model's largest stride 32, got 48"),
+        (["--data.train_size", "16"], "image_size and train_size must be >= 32, got 64, 16"),
     ],
 )
 def test_bad_configuration_exits_2(shapes, tmp_path, capsys, extra, message):

@@ -25,7 +25,10 @@ class COCODataModule(pl.LightningDataModule):
 
     Args:
         train_ann, train_images, val_ann, val_images: annotation jsons and image folders.
-        image_size: side S of the square letterboxed network input.
+        image_size: side S of the square letterboxed network input in validation and prediction.
+        train_size: side of the square training input (default: ``image_size``). Below
+            ``image_size`` a step is cheaper and the model, evaluated at ``image_size``, sees
+            its objects larger than in training; on a CPU that wins (README, "Training").
         batch_size: images per batch (train, val and predict).
         num_workers: DataLoader worker processes (persistent when > 0).
         hflip: horizontal-flip probability (train).
@@ -45,6 +48,7 @@ class COCODataModule(pl.LightningDataModule):
         val_ann: str,
         val_images: str,
         image_size: int = 320,
+        train_size: int | None = None,
         batch_size: int = 16,
         num_workers: int = 2,
         hflip: float = 0.5,
@@ -56,8 +60,8 @@ class COCODataModule(pl.LightningDataModule):
         seed: int = 0,
     ):
         super().__init__()
-        if image_size < 32:
-            raise ValueError(f"image_size must be >= 32, got {image_size}")
+        if image_size < 32 or (train_size is not None and train_size < 32):
+            raise ValueError(f"image_size and train_size must be >= 32, got {image_size}, {train_size}")
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
         if not 0.0 <= hflip <= 1.0 or not 0.0 <= mosaic <= 1.0:
@@ -71,6 +75,7 @@ class COCODataModule(pl.LightningDataModule):
         self.train_ann, self.train_images = train_ann, train_images
         self.val_ann, self.val_images = val_ann, val_images
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
+        self.train_size: int = image_size if train_size is None else train_size
         self.seed = seed
         self.val_coco: dict = read_ground_truth(val_ann)  # read once: datasets and evaluation share it
         cats = sorted_categories(self.val_coco, val_ann)
@@ -85,7 +90,7 @@ class COCODataModule(pl.LightningDataModule):
         return COCODetectionDataset(
             self.train_ann if train else self.val_ann,
             self.train_images if train else self.val_images,
-            image_size=self.image_size,
+            image_size=self.train_size if train else self.image_size,
             train=train,
             hflip=hp.hflip,
             scale_jitter=tuple(hp.scale_jitter),
