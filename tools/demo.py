@@ -5,9 +5,10 @@
                          or --trainer.max_epochs 15]
 
 1. Writes the synthetic shapes set to ``--data`` unless it is already there
-   (:func:`lightning_modules.shapes.make_shapes`).
+   (:func:`lightning_modules.shapes.make_shapes`: 800 training and 200 validation images of
+   320 px, up to 10 shapes of 10-96 px each on cluttered backgrounds).
 2. Trains ``--config`` with LightningCLI (the same as ``detlosses-train fit``) into ``--out``
-   (the default config: an 8-minute time budget); after every validation it prints the elapsed
+   (the default config: a 10-minute time budget); after every validation it prints the elapsed
    time and the COCO AP of the EMA weights.
 3. Evaluates the best checkpoint (by val/AP) on the validation set and prints pycocotools'
    summary, the per-class table and the wall time.
@@ -71,9 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/shapes_tood", help="trainer.default_root_dir")
     parser.add_argument("--data", default="data/shapes", help="shapes data folder (generated if missing)")
     parser.add_argument("--config", default="configs/shapes_tood.yaml")
-    parser.add_argument("--num-train", type=int, default=3000)
-    parser.add_argument("--num-val", type=int, default=300)
-    parser.add_argument("--image-size", type=int, default=160)
+    parser.add_argument("--num-train", type=int, default=800)
+    parser.add_argument("--num-val", type=int, default=200)
+    parser.add_argument("--image-size", type=int, default=320)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
     args, fit_overrides = parser.parse_known_args(argv)
     start = time.perf_counter()
@@ -81,7 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     ann = {split: os.path.join(args.data, "annotations", f"{split}.json") for split in ("train", "val")}
     if not all(os.path.exists(path) for path in ann.values()):
         print(f"[demo] writing the shapes data set to {args.data}", flush=True)
-        make_shapes(args.data, args.num_train, args.num_val, args.image_size, seed=0)
+        make_shapes(
+            args.data, args.num_train, args.num_val, args.image_size, seed=0, max_objects=10, size_range=(0.03, 0.3)
+        )
     if not args.resume:
         shutil.rmtree(checkpoint_dir(args.out), ignore_errors=True)
 

@@ -177,7 +177,7 @@ def check_ddp(device: str, root: str) -> str:
         "--config", str(REPO / "configs" / "shapes_tood.yaml"), "--trainer.accelerator", "gpu",
         "--data.train_ann", shapes["train_ann"], "--data.train_images", shapes["train_images"],
         "--data.val_ann", shapes["val_ann"], "--data.val_images", shapes["val_images"],
-        "--data.image_size", "128", "--data.num_workers", "0",
+        "--data.image_size", "128", "--data.train_size", "128", "--data.num_workers", "0",
     ]  # fmt: skip
     fit = Path(root) / "fit"
     _train_cli("fit", *data, "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(fit))
