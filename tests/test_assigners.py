@@ -696,7 +696,8 @@ def test_crowded_batch_memory_bound(variant):
         "0",
     ]
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-    assert 0 < out["peak_mb"] < 2048
+    # 0 when the call stays below the peak of building the inputs (chunks of 2^19 pairs can)
+    assert 0 <= out["peak_mb"] < 2048
 
 
 # ---------------------------------------------------------------- bad values (one reduction each)

@@ -86,7 +86,8 @@ def _logged(out: Path, key: str) -> list[float]:
 def test_print_config(shapes, tmp_path):
     proc = _cli("fit", *_args(shapes, tmp_path), "--print_config")
     cfg = yaml.safe_load(proc.stdout)
-    assert cfg["model"]["criterion"] == "tood" and cfg["trainer"]["accelerator"] == "cpu"
+    assert cfg["model"]["criterion"] == {"recipe": "tood", "warmup_epochs": 4}
+    assert cfg["trainer"]["accelerator"] == "cpu" and cfg["data"]["train_size"] == 64
     assert cfg["data"]["val_ann"] == shapes["val_ann"]
     assert cfg["checkpoint"]["monitor"] == "val/AP" and cfg["last_checkpoint"]["save_last"] == "link"
     assert any("EMAWeightAveraging" in cb["class_path"] for cb in cfg["trainer"]["callbacks"])

@@ -41,7 +41,9 @@ def test_config_parses(config, capsys):
         train_main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)
     cfg = yaml.safe_load(capsys.readouterr().out)
-    assert cfg["model"]["criterion"] in ("tood", "gfl", "ppyoloe", "yolov8")
+    criterion = cfg["model"]["criterion"]
+    recipe = criterion["recipe"] if isinstance(criterion, dict) else criterion
+    assert recipe in ("tood", "gfl", "ppyoloe", "yolov8")
     assert cfg["model"]["nms"]["type"] == "MultiClassNMS"
     if cfg["trainer"]["accelerator"] == "gpu":  # GPU configs: DDP and fp16 AMP set in config only
         assert cfg["trainer"]["strategy"] == "ddp" and cfg["trainer"]["precision"] == "16-mixed"
