@@ -7,6 +7,7 @@ import copy
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -298,3 +299,25 @@ def test_two_epoch_mode_runs_are_identical(shapes, tmp_path):
         for run in runs
     ]
     assert ap[0]["current_score"] == ap[1]["current_score"]
+
+
+def test_demo_trains_and_prints_the_coco_table(shapes, tmp_path):
+    """``make demo``'s script on a small set: a line per validation, pycocotools' summary and the
+    time split; the table's mAP is the last validation's (the best checkpoint of a 1-epoch run)."""
+    data = Path(shapes["train_ann"]).parents[1]  # <data>/annotations/train.json, as the demo writes it
+    overrides = ["--data.image_size", "64", "--data.train_size", "64", "--data.batch_size", "4",
+                 "--data.num_workers", "0", "--trainer.max_epochs", "1"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "demo.py"), "--data", str(data), "--out", str(tmp_path), *overrides],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    epoch = re.search(r"\[demo\] epoch +1 +[\d.]+ s  mAP50-95 ([\d.]+)", proc.stdout)
+    final = re.search(r"\[demo\] mAP50-95 ([\d.]+) .* data \d+ s  training \d+ s  evaluation \d+ s", proc.stdout)
+    assert epoch and final, proc.stdout[-3000:]
+    assert epoch.group(1) == final.group(1)
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in proc.stdout
