@@ -25,6 +25,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Timer
 
 from detlosses.evaluation import COCOReport, coco_evaluate
 from lightning_modules.data import COCODataModule
@@ -36,21 +37,24 @@ from lightning_modules.train_cli import build_cli, checkpoint_dir
 class ProgressReport(pl.Callback):
     """Prints ``epoch, time, AP, AP50`` after every validation (COCO AP of the EMA weights).
 
-    The time counts from the start of training, as the budget (Lightning's ``Timer``) does.
+    The time is the budget's: Lightning's ``Timer`` (training time, carried over by a resumed
+    run) when ``trainer.max_time`` is set, else the seconds since training started.
     """
 
     def __init__(self) -> None:
-        self.start = time.perf_counter()
+        self.start = time.monotonic()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.start = time.perf_counter()
+        self.start = time.monotonic()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = trainer.callback_metrics
         if trainer.sanity_checking or "val/AP" not in metrics:
             return
+        timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
+        seconds = timer.time_elapsed() if timer is not None else time.monotonic() - self.start
         print(
-            f"[demo] epoch {trainer.current_epoch + 1:3d}  {time.perf_counter() - self.start:7.1f} s  "
+            f"[demo] epoch {trainer.current_epoch + 1:3d}  {seconds:7.1f} s  "
             f"mAP50-95 {float(metrics['val/AP']):.3f}  mAP50 {float(metrics['val/AP50']):.3f}",
             flush=True,
         )
