@@ -42,17 +42,18 @@ class ProgressReport(pl.Callback):
     """
 
     def __init__(self) -> None:
-        self.start = time.monotonic()
+        self.timer: Timer | None = None
+        self.start = 0.0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
         self.start = time.monotonic()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = trainer.callback_metrics
         if trainer.sanity_checking or "val/AP" not in metrics:
             return
-        timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
-        seconds = timer.time_elapsed() if timer is not None else time.monotonic() - self.start
+        seconds = self.timer.time_elapsed() if self.timer is not None else time.monotonic() - self.start
         print(
             f"[demo] epoch {trainer.current_epoch + 1:3d}  {seconds:7.1f} s  "
             f"mAP50-95 {float(metrics['val/AP']):.3f}  mAP50 {float(metrics['val/AP50']):.3f}",
